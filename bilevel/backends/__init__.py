@@ -1,0 +1,81 @@
+"""The AD seam: the :class:`Backend` protocol, its implementations, and choosing one from leaf types.
+
+The backend is never a flag: it follows from the types of the arrays in the meta-parameters and
+tasks. Importing :mod:`bilevel` imports no AD framework; the first array of a framework does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bilevel import tree
+from bilevel.backends.base import Array, Backend, Tree
+
+__all__ = ["Array", "Backend", "Tree", "TorchBackend", "backend_for"]
+
+
+def _framework(leaf: object) -> str | None:
+    module = type(leaf).__module__.split(".")[0]
+    if module == "torch":
+        return "torch"
+    if module in ("jax", "jaxlib"):
+        return "jax"
+    return None
+
+
+def backend_for(*trees: Tree, what: str = "hypergrad") -> Backend:
+    """The backend that owns the array leaves of ``trees``.
+
+    Args:
+        *trees: pytrees whose array leaves decide the backend; non-array leaves are ignored.
+        what: the name of the calling function, used in error messages.
+
+    Returns:
+        The backend instance.
+
+    Raises:
+        TypeError: if no leaf is an array of a known framework, or leaves of two frameworks mix.
+
+    Example:
+        >>> import torch
+        >>> from bilevel.backends import backend_for
+        >>> backend_for({"w": torch.zeros(2)}).name
+        'torch'
+    """
+    found: dict[str, str] = {}
+    for i, t in enumerate(trees):
+        flat, treedef = tree.flatten(t)
+        for j, leaf in enumerate(flat):
+            fw = _framework(leaf)
+            if fw is not None and fw not in found:
+                found[fw] = f"leaf {j} of argument {i} ({type(leaf).__name__} in {treedef})"
+    if len(found) > 1:
+        detail = "; ".join(f"{k}: {v}" for k, v in found.items())
+        raise TypeError(
+            f"{what}: the arrays belong to more than one framework ({detail}); "
+            "write the whole problem with one framework's arrays"
+        )
+    if not found:
+        raise TypeError(
+            f"{what}: found no torch.Tensor or jax.Array leaf in the meta-parameters or task; "
+            "pass parameters as a pytree (dict/list/tuple) of tensors"
+        )
+    fw = next(iter(found))
+    if fw == "torch":
+        from bilevel.backends.torch import TorchBackend as torch_backend
+
+        return torch_backend()
+    raise TypeError(
+        f"{what}: JAX arrays are not supported by this version of bilevel yet; "
+        "use torch tensors (the JAX backend is planned)"
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: import a framework only when its backend class is asked for.
+    if name == "TorchBackend":
+        from bilevel.backends.torch import TorchBackend as cls
+
+        return cls
+    raise AttributeError(f"module 'bilevel.backends' has no attribute {name!r}")
+

@@ -1,0 +1,104 @@
+"""The automatic-differentiation seam: what the bilevel machinery asks of an AD system.
+
+Everything above ``bilevel/backends/`` reaches torch or JAX only through an object satisfying
+:class:`Backend`. The transforms follow ``torch.func`` / JAX conventions: functions of pytrees,
+nothing mutated, transforms compose (``grad`` of ``vmap`` of ``grad`` ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Array", "Backend", "Tree"]
+
+Tree = Any
+Array = Any
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Differentiation, vectorisation and the few array operations the library needs."""
+
+    name: str
+
+    def owns(self, leaf: object) -> bool:
+        """Whether ``leaf`` is an array of this backend."""
+        ...
+
+    def is_differentiable(self, leaf: Array) -> bool:
+        """Whether ``leaf`` has a floating (or complex) dtype and can carry a gradient."""
+        ...
+
+    def value_and_grad(
+        self, fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0, has_aux: bool = False
+    ) -> Callable[..., tuple[Any, Any]]:
+        """``fn``'s value and gradient: returns ``(value, grad)``, or ``((value, aux), grad)``."""
+        ...
+
+    def vjp(self, fn: Callable[..., Any], *primals: Tree) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
+        """``(fn(*primals), vjp_fn)``; ``vjp_fn(cotangent)`` returns one cotangent per primal
+        and may be called any number of times."""
+        ...
+
+    def jvp(
+        self,
+        fn: Callable[..., Any],
+        primals: tuple[Tree, ...],
+        tangents: tuple[Tree, ...],
+        has_aux: bool = False,
+    ) -> tuple[Any, ...]:
+        """``(fn(*primals), J tangents)`` in forward mode, plus ``aux`` last when ``has_aux``."""
+        ...
+
+    def vmap(
+        self, fn: Callable[..., Any], in_dims: tuple[Any, ...], out_dims: Any = 0
+    ) -> Callable[..., Any]:
+        """Vectorise ``fn`` over the axes given by ``in_dims`` (a pytree prefix, ``None`` = shared)."""
+        ...
+
+    def stop_gradient(self, tree: Tree) -> Tree:
+        """The same values with no gradient flowing back through them."""
+        ...
+
+    def all_finite(self, tree: Tree) -> Array:
+        """A 0-d boolean array: every entry of every leaf is finite (no host sync)."""
+        ...
+
+    def where(self, cond: Array, a: Array, b: Array) -> Array:
+        """Elementwise ``a if cond else b``."""
+        ...
+
+    def scalar(self, value: float, like: Array) -> Array:
+        """A 0-d array holding ``value`` with the dtype and device of ``like``."""
+        ...
+
+    def to_float(self, x: Array) -> float:
+        """A host ``float`` from a 0-d array (synchronises with the device)."""
+        ...
+
+    def to_numpy(self, x: Array) -> np.ndarray[Any, Any]:
+        """A float64 NumPy copy of ``x``, detached from any gradient."""
+        ...
+
+    def from_numpy(self, x: np.ndarray[Any, Any], like: Array) -> Array:
+        """An array of this backend with the values of ``x`` and the dtype and device of ``like``."""
+        ...
+
+    def ravel(self, tree: Tree) -> tuple[Array, Callable[[Array], Tree]]:
+        """Concatenate the leaves into one vector; return it with the inverse map."""
+        ...
+
+    def stack(self, xs: Sequence[Array]) -> Array:
+        """Stack arrays of one shape along a new leading axis."""
+        ...
+
+    def dense_solve(self, a: Array, b: Array) -> Array:
+        """Solve the dense square system ``a x = b``."""
+        ...
+
+    def eigvalsh(self, a: Array) -> Array:
+        """Eigenvalues of a symmetric matrix, ascending."""
+        ...

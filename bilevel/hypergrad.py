@@ -1,0 +1,159 @@
+"""``hypergrad``: one call for one task or a vectorised meta-batch, any strategy, any solver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bilevel import tree
+from bilevel.backends import backend_for
+from bilevel.backends.base import Backend, Tree
+from bilevel.diagnostics import finish, worst
+from bilevel.problem import Problem
+from bilevel.result import Result
+from bilevel.strategies.base import Outcome, Strategy
+
+__all__ = ["Batch", "hypergrad"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A meta-batch of tasks: every array leaf of ``tasks`` carries a leading task axis.
+
+    Non-array leaves (ints, strings) are shared by all tasks.
+
+    Example:
+        >>> import torch
+        >>> from bilevel import Batch
+        >>> Batch({"x": torch.zeros(25, 10, 1), "y": torch.zeros(25, 10, 1)}).size()
+        25
+    """
+
+    tasks: Tree
+
+    def size(self) -> int:
+        """The number of tasks (the common leading dimension of the array leaves).
+
+        Raises:
+            ValueError: if there are no array leaves, a 0-d leaf, or leading dimensions differ.
+        """
+        sizes = {
+            int(leaf.shape[0]) if len(leaf.shape) else -1
+            for leaf in tree.leaves(self.tasks)
+            if hasattr(leaf, "shape")
+        }
+        if len(sizes) != 1 or -1 in sizes:
+            raise ValueError(
+                f"Batch: every array leaf of the tasks needs the same leading task axis, found "
+                f"leading sizes {sorted(s for s in sizes if s >= 0)}"
+                f"{' and 0-d leaves' if -1 in sizes else ''} in {tree.structure(self.tasks)}; "
+                "stack the tasks along axis 0"
+            )
+        n = sizes.pop()
+        if n < 1:
+            raise ValueError("Batch: the task axis is empty; pass at least one task")
+        return n
+
+    def task(self, i: int) -> Tree:
+        """Task ``i`` of the batch."""
+        return tree.map(lambda x: x[i] if hasattr(x, "shape") else x, self.tasks)
+
+
+def _check_inputs(problem: object, strategy: object, meta: Tree, backend: Backend) -> None:
+    if not isinstance(problem, Problem):
+        raise TypeError(
+            f"hypergrad: problem must be a bilevel.Problem, got {type(problem).__name__}; "
+            "build one with Problem(init=..., inner_loss=..., outer_loss=...)"
+        )
+    if not isinstance(strategy, Strategy):
+        raise TypeError(
+            f"hypergrad: strategy must be a strategy such as Unrolled(), Truncated(T), "
+            f"FirstOrder() or Implicit(solvers.CG()), got {strategy!r}"
+        )
+    flat, treedef = tree.flatten(meta)
+    if not flat:
+        raise TypeError("hypergrad: meta has no array leaves; pass a pytree of tensors")
+    for i, leaf in enumerate(flat):
+        if not backend.owns(leaf):
+            raise TypeError(
+                f"hypergrad: meta leaf {i} of {treedef} is a {type(leaf).__name__}, not a "
+                f"{backend.name} array; every meta-parameter must be an array that can carry a "
+                "gradient (wrap numbers with torch.tensor(..., dtype=torch.float32))"
+            )
+        if not backend.is_differentiable(leaf):
+            raise TypeError(
+                f"hypergrad: meta leaf {i} of {treedef} has dtype {leaf.dtype}, which cannot "
+                "carry a gradient; convert it to a floating dtype (e.g. .float() or .double())"
+            )
+
+
+def hypergrad(
+    problem: Problem, solver: Any, meta: Tree, task: Tree, *, strategy: Strategy
+) -> Result:
+    r"""The hypergradient of ``problem`` at ``meta`` for one task or a :class:`Batch`.
+
+    .. math:: \text{value} = F(φ_K, θ, τ), \qquad \text{grad} ≈ \frac{dF}{dθ}
+
+    where the exact meaning of ``grad`` is the strategy's (see ``DESIGN.md``). For a
+    :class:`Batch`, value and grad are means over tasks; tasks are mapped with the backend's
+    ``vmap`` when the strategy and solver allow it and looped otherwise, with the same result.
+
+    Args:
+        problem: the :class:`Problem`.
+        solver: the inner solver (``solvers.GradientDescent``, ``Optimizer``, ``UpdateRule``,
+            ``Scipy`` or any object with the same interface).
+        meta: the meta-parameters θ, a pytree of floating arrays.
+        task: one task's data (any pytree), or a :class:`Batch` of tasks.
+        strategy: how to differentiate (``Unrolled()``, ``Truncated(T)``, ``FirstOrder()``,
+            ``Implicit(linear_solver)``, ``ForwardMode()``).
+
+    Returns:
+        A :class:`Result` with ``value``, ``grad`` (structured like ``meta``), ``params`` and
+        ``info``.
+
+    Raises:
+        TypeError: for a wrong problem, strategy or solver, meta leaves that cannot carry a
+            gradient, non-scalar losses, or arrays of two frameworks.
+        ValueError: for a non-finite outer loss or a malformed batch.
+        RuntimeError: if the inner loop or the hypergradient becomes non-finite.
+
+    Example:
+        >>> import torch, solvers
+        >>> from bilevel import Batch, Problem, hypergrad, Unrolled
+        >>> p = Problem(init=lambda m, t: m,
+        ...             inner_loss=lambda w, m, t: ((w - t) ** 2).sum() / 2,
+        ...             outer_loss=lambda w, m, t: ((w - t) ** 2).sum() / 2)
+        >>> res = hypergrad(p, solvers.GradientDescent(lr=0.5, steps=1), torch.tensor([1.0]),
+        ...                 Batch(torch.tensor([[0.0], [2.0]])), strategy=Unrolled())
+        >>> res.value.item(), res.grad.tolist(), res.params.shape
+        (0.125, [0.0], torch.Size([2, 1]))
+    """
+    data = task.tasks if isinstance(task, Batch) else task
+    backend = backend_for(meta, data, what="hypergrad")
+    _check_inputs(problem, strategy, meta, backend)
+    strategy.validate(solver)
+    if not isinstance(task, Batch):
+        out = strategy.compute(problem, solver, meta, data, backend)
+        info = finish(out, strategy, backend)
+        return Result(out.value, out.grad, out.params, info, (info,))
+
+    n = task.size()
+    if strategy.vectorizable(solver):
+        dims = tree.map(lambda x: 0 if backend.owns(x) else None, data)
+
+        def one(m: Tree, t: Tree) -> tuple[Any, Tree, Tree, dict[str, Any]]:
+            return tuple(strategy.compute(problem, solver, m, t, backend))  # type: ignore[return-value]
+
+        values, grads, params, diags = backend.vmap(one, in_dims=(None, dims))(meta, data)
+        outs = [
+            Outcome(values[i], tree.map(lambda g: g[i], grads), None, tree.map(lambda d: d[i], diags))
+            for i in range(n)
+        ]
+    else:
+        outs = [strategy.compute(problem, solver, meta, task.task(i), backend) for i in range(n)]
+        values = backend.stack([o.value for o in outs])
+        grads = tree.map(lambda *gs: backend.stack(gs), *(o.grad for o in outs))
+        params = tree.map(lambda *ps: backend.stack(ps), *(o.params for o in outs))
+    infos = tuple(finish(o, strategy, backend, where=f" (task {i})") for i, o in enumerate(outs))
+    grad = tree.map(lambda g: g.mean(0), grads)
+    return Result(values.mean(0), grad, params, worst(infos), infos)

@@ -1,0 +1,162 @@
+"""The small interfaces that inner solvers and linear solvers implement, and the data they pass.
+
+This module depends on nothing but :mod:`bilevel.backends` (for the :class:`Backend` type), so the
+``solvers`` package can implement these interfaces without importing the bilevel core.
+
+- :class:`IterativeSolver`: a differentiable inner loop ``state -> state`` run for ``steps``
+  steps (``GradientDescent``, ``Optimizer``, ``UpdateRule``); every strategy applies.
+- :class:`BlackBoxSolver`: returns an approximate minimiser without a differentiable path
+  (``Scipy``); only ``FirstOrder`` and ``Implicit`` apply.
+- :class:`LinearSolver`: solves ``A x = b`` for a :class:`LinearOperator` given by its matvec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from bilevel.backends.base import Backend, Tree
+
+__all__ = [
+    "BlackBoxSolver",
+    "InnerObjective",
+    "IterativeSolver",
+    "LinearInfo",
+    "LinearOperator",
+    "LinearSolver",
+    "SolverInfo",
+]
+
+
+@dataclass(frozen=True)
+class InnerObjective:
+    """What an inner solver sees of one task: the inner loss with ``meta`` and ``task`` bound.
+
+    Attributes:
+        loss_fn: ``(params, meta, task) -> scalar`` or ``None`` when the problem has no inner loss.
+        meta: the meta-parameters (traced when a strategy differentiates through the solver).
+        task: the task's data.
+        backend: the AD backend.
+    """
+
+    loss_fn: Callable[[Tree, Tree, Tree], Any] | None
+    meta: Tree
+    task: Tree
+    backend: Backend
+
+    def loss(self, params: Tree) -> Any:
+        """The inner loss ``f(params, meta, task)``, checked to be a scalar.
+
+        Raises:
+            TypeError: if the problem has no inner loss, or the loss is not a 0-d array.
+        """
+        if self.loss_fn is None:
+            raise TypeError(
+                "this inner solver needs the inner loss, but the Problem has inner_loss=None; "
+                "pass Problem(inner_loss=...) or use solvers.UpdateRule, which needs no loss"
+            )
+        value = self.loss_fn(params, self.meta, self.task)
+        if getattr(value, "ndim", None) != 0:
+            raise TypeError(
+                "Problem.inner_loss must return a 0-d array (a scalar), got "
+                f"{type(value).__name__} with shape {getattr(value, 'shape', None)}; reduce it "
+                "with .mean() or .sum()"
+            )
+        return value
+
+    def value_and_grad(self, params: Tree) -> tuple[Any, Tree]:
+        """``(f(params), ∇_params f(params))`` through the backend."""
+        result: tuple[Any, Tree] = self.backend.value_and_grad(self.loss)(params)
+        return result
+
+
+@dataclass(frozen=True)
+class SolverInfo:
+    """What a black-box solver reports about its run."""
+
+    iterations: int
+    success: bool
+    message: str = ""
+
+
+@runtime_checkable
+class IterativeSolver(Protocol):
+    """A differentiable inner loop: ``state₀ = init(φ₀)``, ``state_{t+1} = step(state_t)``.
+
+    ``params(state)`` reads the inner parameters out of a state. Steps are pure functions: no
+    in-place update, no host synchronisation, so they can be differentiated and vectorised.
+    """
+
+    @property
+    def steps(self) -> int:
+        """The number of steps K."""
+        ...
+
+    def init(self, params: Tree, objective: InnerObjective) -> Tree:
+        """The solver state holding ``params`` before the first step."""
+        ...
+
+    def step(self, state: Tree, objective: InnerObjective) -> Tree:
+        """One step of the inner loop."""
+        ...
+
+    def params(self, state: Tree) -> Tree:
+        """The inner parameters held in ``state``."""
+        ...
+
+
+@runtime_checkable
+class BlackBoxSolver(Protocol):
+    """An inner solver that returns an approximate minimiser with no differentiable path."""
+
+    def solve(self, params: Tree, objective: InnerObjective) -> tuple[Tree, SolverInfo]:
+        """Minimise ``objective.loss`` starting from ``params``."""
+        ...
+
+
+@dataclass(frozen=True)
+class LinearOperator:
+    """A linear map on pytrees, given by its matrix-vector product.
+
+    Attributes:
+        matvec: ``v -> A v`` with ``v`` and the result of the same structure.
+        symmetric: whether ``A`` is known to be symmetric (a Hessian is; the Jacobian of a
+            fixed-point map in general is not). CG and MINRES refuse a non-symmetric operator.
+    """
+
+    matvec: Callable[[Tree], Tree]
+    symmetric: bool
+
+
+@dataclass(frozen=True)
+class LinearInfo:
+    """Diagnostics of one linear solve.
+
+    Attributes:
+        iterations: matrix-vector products spent in the iteration (the final residual check
+            adds one more).
+        residual: the relative residual ``‖b − A x‖ / ‖b‖`` of the returned ``x``, recomputed
+            from scratch (0 when ``b = 0``).
+        converged: whether the requested tolerance was met.
+        negative_curvature: whether a direction with ``pᵀAp ≤ 0`` was met (CG), or a negative
+            eigenvalue seen (Direct on a symmetric operator).
+        extra: solver-specific details (e.g. SciPy's exit code).
+    """
+
+    iterations: int
+    residual: float
+    converged: bool
+    negative_curvature: bool = False
+    extra: Mapping[str, Any] = field(default_factory=lambda: {})
+
+
+@runtime_checkable
+class LinearSolver(Protocol):
+    """Solves ``A x = b`` for a :class:`LinearOperator` ``A`` and a pytree ``b``."""
+
+    def solve(
+        self, operator: LinearOperator, b: Tree, *, backend: Backend
+    ) -> tuple[Tree, LinearInfo]:
+        """Return ``x`` (same structure as ``b``) and diagnostics."""
+        ...

@@ -1,0 +1,50 @@
+"""What a hypergradient computation returns: value, gradient, inner solution and diagnostics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bilevel.protocols import LinearInfo, SolverInfo
+
+__all__ = ["Info", "Result"]
+
+Tree = Any
+
+
+@dataclass(frozen=True)
+class Info:
+    """Diagnostics of one task's hypergradient.
+
+    Attributes:
+        strategy: ``repr`` of the strategy that produced the result.
+        stationarity: ``‖∇_φ f(φ_K)‖`` (or ``‖φ_K − step(φ_K)‖`` for a fixed point) where the
+            strategy relies on it (``Implicit``); ``None`` where it was not computed.
+        linear: the linear solve's diagnostics (``Implicit``), else ``None``.
+        solver: a black-box solver's report, else ``None``.
+    """
+
+    strategy: str
+    stationarity: float | None = None
+    linear: LinearInfo | None = None
+    solver: SolverInfo | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """The hypergradient of a problem at ``meta``, and what was found on the way.
+
+    Attributes:
+        value: the outer value ``F(φ_K, θ, τ)`` (the mean over tasks for a batch), a 0-d array.
+        grad: the hypergradient, with the pytree structure of ``meta``.
+        params: the final inner parameters φ_K (for a batch, each leaf has a leading task axis).
+        info: diagnostics; for a batch, the worst case over tasks (largest residual and
+            stationarity, any negative curvature, converged only if all converged).
+        task_info: one :class:`Info` per task (a single entry for one task).
+    """
+
+    value: Any
+    grad: Tree
+    params: Tree
+    info: Info
+    task_info: tuple[Info, ...]

@@ -1,0 +1,85 @@
+"""The strategy interface: how the derivative of the outer value with respect to θ is obtained."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from bilevel.backends.base import Backend, Tree
+from bilevel.problem import Problem
+
+__all__ = ["Outcome", "Strategy"]
+
+
+class Outcome(NamedTuple):
+    """One task's raw result: arrays only where the strategy is vectorised.
+
+    ``diag`` may hold ``nonfinite_step`` (0-d array, −1 if all finite), ``stationarity`` (0-d
+    array), ``linear`` (:class:`~bilevel.protocols.LinearInfo`) and ``solver``
+    (:class:`~bilevel.protocols.SolverInfo`).
+    """
+
+    value: Any
+    grad: Tree
+    params: Tree
+    diag: dict[str, Any]
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """A hypergradient strategy: a frozen dataclass whose fields are its hyperparameters."""
+
+    def validate(self, solver: object) -> None:
+        """Raise ``TypeError`` if this strategy cannot work with ``solver``."""
+        ...
+
+    def vectorizable(self, solver: object) -> bool:
+        """Whether one task's computation can run under the backend's ``vmap``."""
+        ...
+
+    def compute(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> Outcome:
+        """The value, hypergradient, inner solution and diagnostics for one task."""
+        ...
+
+    def reference(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> Callable[[Tree], Any]:
+        """The scalar map of θ whose derivative at ``meta`` this strategy returns.
+
+        Evaluating it needs no gradient; :func:`bilevel.testing.check_hypergrad` takes finite
+        differences of it.
+        """
+        ...
+
+
+AuxMap = Callable[[Tree], tuple[Any, tuple[Tree, dict[str, Any]]]]
+
+
+class ReverseModeOfMap:
+    """Abstract base of strategies that are reverse-mode derivatives of a map they define.
+
+    A subclass gives :meth:`map_with_aux`, ``θ ↦ (value, (φ, diag))``; the hypergradient is the
+    reverse-mode gradient of that map at ``meta``, and :meth:`reference` is the map's value.
+    Subclasses are final.
+    """
+
+    def map_with_aux(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> AuxMap:
+        """``θ ↦ (value, (params, diag))``: the map whose derivative at ``meta`` is returned."""
+        raise NotImplementedError
+
+    def compute(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> Outcome:
+        fn = self.map_with_aux(problem, solver, meta, task, backend)
+        (value, (params, diag)), grad = backend.value_and_grad(fn, has_aux=True)(meta)
+        return Outcome(value, grad, params, diag)
+
+    def reference(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> Callable[[Tree], Any]:
+        fn = self.map_with_aux(problem, solver, meta, task, backend)
+        return lambda theta: fn(theta)[0]

@@ -1,0 +1,58 @@
+"""First-order hypergradients: every inner step treated as the identity in φ and constant in θ."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bilevel import tree
+from bilevel.backends.base import Backend, Tree
+from bilevel.problem import Problem
+from bilevel.protocols import IterativeSolver
+from bilevel.strategies._common import outer_value, solve_forward
+from bilevel.strategies.base import AuxMap, ReverseModeOfMap
+
+__all__ = ["FirstOrder"]
+
+
+@dataclass(frozen=True)
+class FirstOrder(ReverseModeOfMap):
+    r"""First-order MAML: the inner loop's Jacobian replaced by the identity.
+
+    .. math:: g = ∂_θ F(φ_K, θ) + \Big(\frac{∂\,\mathrm{init}}{∂θ}\Big)^{\!⊤} ∇_φ F(φ_K, θ)
+
+    It is the exact derivative at θ₀ of ``θ ↦ F(φ_K(θ₀) + init(θ) − init(θ₀), θ)``: the inner
+    solution moves with ``init`` and nothing else. Works with every solver, black-box included;
+    costs one forward solve and one gradient of F.
+
+    Example:
+        >>> import torch, solvers
+        >>> from bilevel import Problem, hypergrad, FirstOrder
+        >>> p = Problem(init=lambda m, t: m,
+        ...             inner_loss=lambda w, m, t: ((w - t) ** 2).sum() / 2,
+        ...             outer_loss=lambda w, m, t: (w**2).sum() / 2)
+        >>> res = hypergrad(p, solvers.GradientDescent(lr=0.5, steps=1), torch.tensor(2.0),
+        ...                 torch.tensor(0.0), strategy=FirstOrder())
+        >>> float(res.grad)  # ∇_φ F at φ₁ = 1
+        1.0
+    """
+
+    def validate(self, solver: object) -> None:
+        return None
+
+    def vectorizable(self, solver: object) -> bool:
+        return isinstance(solver, IterativeSolver)
+
+    def map_with_aux(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> AuxMap:
+        params_k, diag = solve_forward(problem, solver, meta, task, backend)
+        init0 = backend.stop_gradient(problem.init(backend.stop_gradient(meta), task))
+
+        def fn(theta: Tree) -> tuple[Any, tuple[Tree, dict[str, Any]]]:
+            shift = tree.sub(problem.init(theta, task), init0)
+            params = tree.add(params_k, shift)
+            return outer_value(problem, params, theta, task), (params_k, diag)
+
+        return fn
+

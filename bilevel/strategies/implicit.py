@@ -1,0 +1,153 @@
+"""Implicit differentiation at the inner solution, with a linear solver passed by keyword."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bilevel import tree
+from bilevel.backends.base import Backend, Tree
+from bilevel.problem import Problem
+from bilevel.protocols import LinearOperator, LinearSolver
+from bilevel.strategies._common import (
+    check_scalar,
+    objective,
+    outer_value,
+    require_iterative,
+    solve_forward,
+)
+from bilevel.strategies.base import Outcome
+
+__all__ = ["Implicit", "residual_map"]
+
+ResidualMap = Callable[[Tree, Tree], Tree]
+
+
+def residual_map(
+    problem: Problem, solver: Any, task: Tree, params: Tree, backend: Backend
+) -> tuple[ResidualMap, bool]:
+    """The map ``G(φ, θ)`` whose zero defines φ*, and whether ``∂_φG`` is symmetric.
+
+    ``G = ∇_φ f`` (a symmetric Hessian) when the problem has an inner loss, else the fixed-point
+    residual ``G = φ − step(φ, θ)`` of a solver whose state is its parameters.
+
+    Raises:
+        TypeError: for a problem with no inner loss and a solver with extra state or no steps.
+    """
+    inner = problem.inner_loss
+    if inner is not None:
+
+        def grad_map(p: Tree, m: Tree) -> Tree:
+            def f(q: Tree) -> Any:
+                return check_scalar(inner(q, m, task), "Problem.inner_loss")
+
+            return backend.value_and_grad(f)(p)[1]
+
+        return grad_map, True
+
+    it = require_iterative(solver, "Implicit(...) on a Problem without inner_loss (fixed point)")
+    state = it.init(params, objective(problem, params, task, backend))
+    if tree.structure(state) != tree.structure(params):
+        raise TypeError(
+            f"Implicit(...): the Problem has no inner_loss, so φ* is taken as a fixed point of the "
+            f"solver's step, but {it!r} keeps state besides the parameters; give the Problem an "
+            "inner_loss (stationarity is then used), or use a stateless solver such as "
+            "solvers.UpdateRule or solvers.GradientDescent(momentum=0)"
+        )
+
+    def fixed_point_residual(p: Tree, m: Tree) -> Tree:
+        return tree.sub(p, it.params(it.step(p, objective(problem, m, task, backend))))
+
+    return fixed_point_residual, False
+
+
+@dataclass(frozen=True)
+class Implicit:
+    r"""Implicit-function-theorem hypergradient at the inner solution φ*.
+
+    .. math::
+
+        g = ∂_θF(φ^*, θ) − (∂_θG)^{⊤} v, \qquad (∂_φG)^{⊤} v = ∇_φF(φ^*, θ)
+
+    with ``G = ∇_φ f`` (then ``∂_φG`` is the inner Hessian) or, without an inner loss,
+    ``G = φ − step(φ, θ)``. The linear system is solved by ``linear`` using only
+    vector-Jacobian products; memory does not grow with the number of inner steps. The result
+    is exact only if φ* is stationary: ``‖G(φ*)‖`` is reported as ``info.stationarity`` and a
+    :class:`~bilevel.StationarityWarning` is issued above ``stationarity_tol``.
+
+    Args:
+        linear: a linear solver (``solvers.CG``, ``solvers.Neumann``, ``solvers.MINRES``,
+            ``solvers.GMRES``, ``solvers.Direct``).
+        stationarity_tol: the ``‖G(φ*)‖`` above which the inner problem is reported as not
+            solved (a warning and the value in ``info``).
+
+    Raises:
+        TypeError: if ``linear`` is not a linear solver.
+        ValueError: if ``stationarity_tol`` is not a positive finite number.
+
+    Example:
+        >>> import torch, solvers
+        >>> from bilevel import Problem, hypergrad, Implicit
+        >>> p = Problem(init=lambda m, t: torch.zeros(()),
+        ...             inner_loss=lambda w, m, t: (w - m) ** 2 / 2 + w**2 / 2,
+        ...             outer_loss=lambda w, m, t: w)
+        >>> res = hypergrad(p, solvers.GradientDescent(lr=0.5, steps=2), torch.tensor(1.0),
+        ...                 None, strategy=Implicit(solvers.CG(maxiter=5)))
+        >>> float(res.grad)  # φ* = θ/2
+        0.5
+    """
+
+    linear: LinearSolver
+    stationarity_tol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.linear, LinearSolver):
+            raise TypeError(
+                f"Implicit(linear={self.linear!r}): linear must be a linear solver with a "
+                "solve(operator, b, backend=...) method, e.g. solvers.CG(maxiter=20)"
+            )
+        tol = self.stationarity_tol
+        if isinstance(tol, bool) or not isinstance(tol, int | float) or not (
+            math.isfinite(tol) and tol > 0
+        ):
+            raise ValueError(
+                f"Implicit(stationarity_tol={tol!r}): must be a positive finite number, "
+                "e.g. 1e-4"
+            )
+
+    def validate(self, solver: object) -> None:
+        return None
+
+    def vectorizable(self, solver: object) -> bool:
+        return False  # the linear solvers stop on a tolerance, which needs the host
+
+    def compute(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> Outcome:
+        meta0 = backend.stop_gradient(meta)
+        params, diag = solve_forward(problem, solver, meta, task, backend)
+
+        def outer(p: Tree, m: Tree) -> Any:
+            return outer_value(problem, p, m, task)
+
+        value, (g_params, g_meta) = backend.value_and_grad(outer, argnums=(0, 1))(params, meta)
+        gmap, symmetric = residual_map(problem, solver, task, params, backend)
+        residual, vjp_params = backend.vjp(lambda p: gmap(p, meta0), params)
+        operator = LinearOperator(lambda u: vjp_params(u)[0], symmetric)
+        v, linear_info = self.linear.solve(operator, g_params, backend=backend)
+        _, vjp_meta = backend.vjp(lambda m: gmap(params, m), meta)
+        grad = tree.sub(g_meta, vjp_meta(v)[0])
+        diag = {**diag, "stationarity": tree.vdot(residual, residual) ** 0.5, "linear": linear_info}
+        diag["stationarity_tol"] = self.stationarity_tol
+        return Outcome(value, grad, params, diag)
+
+    def reference(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> Callable[[Tree], Any]:
+        def fn(theta: Tree) -> Any:
+            params, _ = solve_forward(problem, solver, theta, task, backend)
+            return outer_value(problem, params, theta, task)
+
+        return fn

@@ -1,0 +1,130 @@
+"""Reverse-mode differentiation through the inner loop: ``Unrolled`` and ``Truncated``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bilevel.backends.base import Backend, Tree
+from bilevel.problem import Problem
+from bilevel.strategies._common import (
+    initial_state,
+    objective,
+    outer_value,
+    require_iterative,
+    run_steps,
+)
+from bilevel.strategies.base import AuxMap, ReverseModeOfMap
+
+__all__ = ["Truncated", "Unrolled", "unrolled_map"]
+
+
+def unrolled_map(
+    problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend, frozen: int
+) -> AuxMap:
+    """``θ ↦ (F(φ_K(θ), θ), (φ_K, diag))`` with the first ``frozen`` steps held constant.
+
+    With ``frozen = 0`` the map runs ``init`` and all K steps at θ. With ``frozen = j > 0`` the
+    state after step j is computed once at ``meta`` and held constant, so θ enters only through
+    steps ``j … K−1`` and F.
+    """
+    it = require_iterative(solver, "the unrolled map")
+    if frozen > 0:
+        meta0 = backend.stop_gradient(meta)
+        state0, bad0, obj0 = initial_state(problem, it, meta0, task, backend)
+        state0, bad0 = run_steps(it, state0, obj0, 0, frozen, bad0)
+        state0 = backend.stop_gradient(state0)
+
+    def fn(theta: Tree) -> tuple[Any, tuple[Tree, dict[str, Any]]]:
+        if frozen > 0:
+            state, bad = state0, bad0
+            obj = objective(problem, theta, task, backend)
+        else:
+            state, bad, obj = initial_state(problem, it, theta, task, backend)
+        state, bad = run_steps(it, state, obj, frozen, it.steps, bad)
+        params = it.params(state)
+        return outer_value(problem, params, theta, task), (params, {"nonfinite_step": bad})
+
+    return fn
+
+
+@dataclass(frozen=True)
+class Unrolled(ReverseModeOfMap):
+    r"""Reverse mode through ``init`` and all K inner steps: MAML's meta-gradient.
+
+    .. math:: g = \frac{d}{dθ} F(φ_K(θ), θ), \qquad φ_0 = \mathrm{init}(θ),\;
+              φ_{t+1} = \mathrm{step}(φ_t, θ)
+
+    Memory grows linearly with K (every step's activations are kept for the backward pass).
+
+    Example:
+        >>> import torch, solvers
+        >>> from bilevel import Problem, hypergrad, Unrolled
+        >>> p = Problem(init=lambda m, t: m,
+        ...             inner_loss=lambda w, m, t: ((w - t) ** 2).sum() / 2,
+        ...             outer_loss=lambda w, m, t: (w**2).sum() / 2)
+        >>> res = hypergrad(p, solvers.GradientDescent(lr=0.5, steps=1), torch.tensor(2.0),
+        ...                 torch.tensor(0.0), strategy=Unrolled())
+        >>> float(res.grad)  # φ₁ = θ/2, F = φ₁²/2, dF/dθ = θ/4
+        0.5
+    """
+
+    def validate(self, solver: object) -> None:
+        require_iterative(solver, "Unrolled()")
+
+    def vectorizable(self, solver: object) -> bool:
+        return True
+
+    def map_with_aux(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> AuxMap:
+        return unrolled_map(problem, solver, meta, task, backend, frozen=0)
+
+
+@dataclass(frozen=True)
+class Truncated(ReverseModeOfMap):
+    r"""Reverse mode through the last ``T`` inner steps only.
+
+    .. math:: g = \frac{d}{dθ} F(φ_K(θ), θ) \text{ with } φ_{K-T} \text{ held constant}
+
+    No gradient flows into ``init`` or the first ``K − T`` steps; θ still enters the last ``T``
+    steps and F directly. ``T ≥ K`` gives exactly :class:`Unrolled`. Memory grows with T, not K.
+
+    Args:
+        steps: T, the number of final inner steps to differentiate through (an int ≥ 1).
+
+    Raises:
+        ValueError: if ``steps`` is not an integer ≥ 1.
+
+    Example:
+        >>> import torch, solvers
+        >>> from bilevel import Problem, hypergrad, Truncated
+        >>> p = Problem(init=lambda m, t: m,
+        ...             inner_loss=lambda w, m, t: ((w - m) ** 2).sum() / 2 + (w**2).sum() / 2,
+        ...             outer_loss=lambda w, m, t: w.sum())
+        >>> res = hypergrad(p, solvers.GradientDescent(lr=0.5, steps=3), torch.tensor(1.0),
+        ...                 None, strategy=Truncated(1))
+        >>> float(res.grad)  # last step φ₃ = φ₂ − 0.5(2φ₂ − θ) = θ/2 with φ₂ frozen
+        0.5
+    """
+
+    steps: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(
+                f"Truncated(steps={self.steps!r}): steps must be an integer >= 1 (the number of "
+                "final inner steps to differentiate through); for no steps use FirstOrder()"
+            )
+
+    def validate(self, solver: object) -> None:
+        require_iterative(solver, f"Truncated({self.steps})")
+
+    def vectorizable(self, solver: object) -> bool:
+        return True
+
+    def map_with_aux(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> AuxMap:
+        k = require_iterative(solver, f"Truncated({self.steps})").steps
+        return unrolled_map(problem, solver, meta, task, backend, frozen=max(k - self.steps, 0))
