@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -45,8 +45,11 @@ class TreeDef:
     """The shape of a pytree without its leaves: node kind, metadata and children."""
 
     kind: str  # "leaf", "none", "dict", "list", "tuple", "namedtuple"
-    meta: Any = None  # dict keys (sorted) / namedtuple type / dict type
+    meta: Any = None  # (sorted keys, dict type) / namedtuple type
     children: tuple[TreeDef, ...] = ()
+    # A dict's own key order: rebuilt dicts keep it (torch.func compares key order), but two
+    # dicts with the same keys in another order have the same structure.
+    order: tuple[Any, ...] = field(default=(), compare=False)
 
     @property
     def num_leaves(self) -> int:
@@ -78,7 +81,7 @@ def _flatten(node: Tree, out: list[Any]) -> TreeDef:
     if isinstance(node, dict):
         keys = tuple(sorted(node.keys(), key=repr))  # pyright: ignore[reportUnknownArgumentType]
         children = tuple(_flatten(node[k], out) for k in keys)
-        return TreeDef("dict", (keys, type(node)), children)  # pyright: ignore[reportUnknownArgumentType]
+        return TreeDef("dict", (keys, type(node)), children, tuple(node.keys()))  # pyright: ignore[reportUnknownArgumentType]
     if isinstance(node, tuple) and hasattr(node, "_fields"):
         children = tuple(_flatten(c, out) for c in node)  # pyright: ignore[reportUnknownVariableType]
         return TreeDef("namedtuple", type(node), children)  # pyright: ignore[reportUnknownArgumentType]
@@ -103,7 +106,8 @@ def _unflatten(treedef: TreeDef, it: Any) -> Tree:
     children = [_unflatten(c, it) for c in treedef.children]
     if treedef.kind == "dict":
         keys, cls = treedef.meta
-        return cls(zip(keys, children, strict=True))
+        by_key = dict(zip(keys, children, strict=True))
+        return cls((k, by_key[k]) for k in treedef.order)
     if treedef.kind == "namedtuple":
         return treedef.meta(*children)
     if treedef.kind == "list":

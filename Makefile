@@ -1,0 +1,44 @@
+# GNU make.  `make test` builds .venv on first use (stamp: $(VENV)/.installed).
+PYTHON ?= python3
+VENV = .venv
+BIN = $(VENV)/bin
+
+# Local CPU wheel where it exists (seconds); otherwise pip resolves torch from
+# the range declared in pyproject.toml.
+TORCH_PIN ?= torch==2.13.0
+EXTRAS ?= test,interop,examples,dev
+SRC = bilevel solvers
+LINT_PATHS = bilevel solvers tests examples
+
+.PHONY: install test demo lint typecheck clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install "$(TORCH_PIN)" || true
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	touch $@
+
+# Options (doctests, -m "not slow", ...) come from [tool.pytest.ini_options].
+# Exit code 5 means "no tests collected": a failure, not a pass.
+test: $(VENV)/.installed
+	@rc=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5) -- treating as failure" >&2; fi; \
+	exit $$rc
+
+demo: $(VENV)/.installed
+	$(BIN)/python examples/maml_sinusoid_demo.py
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+typecheck: $(VENV)/.installed
+	$(BIN)/pyright --pythonpath $(BIN)/python $(SRC)
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .mypy_cache .hypothesis .tox
+	rm -rf *.egg-info
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
