@@ -85,9 +85,12 @@ def finish(out: Outcome, strategy: object, backend: Backend, where: str = "") ->
             stacklevel=3,
         )
     if linear is not None and (not linear.converged or linear.negative_curvature):
-        why = "met negative curvature (the inner Hessian is not positive definite; use MINRES " \
-            "or Direct, or regularise the inner problem)" if linear.negative_curvature else \
-            "did not converge"
+        why = (
+            "met negative curvature (the inner Hessian is not positive definite; use MINRES "
+            "or Direct, or regularise the inner problem)"
+            if linear.negative_curvature
+            else "did not converge"
+        )
         warnings.warn(
             f"hypergrad{where}: the linear solve of {strategy!r} {why}: {linear.iterations} "
             f"iterations, relative residual {linear.residual:.3g}",

@@ -56,7 +56,12 @@ class Batch:
 
     def task(self, i: int) -> Tree:
         """Task ``i`` of the batch."""
-        return tree.map(lambda x: x[i] if hasattr(x, "shape") else x, self.tasks)
+        return _take(self.tasks, i)
+
+
+def _take(batched: Tree, i: int) -> Tree:
+    """Entry ``i`` along the leading axis of every array leaf; other leaves unchanged."""
+    return tree.map(lambda x: x[i] if hasattr(x, "shape") else x, batched)
 
 
 def _check_inputs(problem: object, strategy: object, meta: Tree, backend: Backend) -> None:
@@ -145,10 +150,7 @@ def hypergrad(
             return tuple(strategy.compute(problem, solver, m, t, backend))  # type: ignore[return-value]
 
         values, grads, params, diags = backend.vmap(one, in_dims=(None, dims))(meta, data)
-        outs = [
-            Outcome(values[i], tree.map(lambda g: g[i], grads), None, tree.map(lambda d: d[i], diags))
-            for i in range(n)
-        ]
+        outs = [Outcome(values[i], _take(grads, i), None, _take(diags, i)) for i in range(n)]
     else:
         outs = [strategy.compute(problem, solver, meta, task.task(i), backend) for i in range(n)]
         values = backend.stack([o.value for o in outs])

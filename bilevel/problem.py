@@ -1,4 +1,4 @@
-"""The bilevel problem: how inner parameters start, what the inner loop minimises, what is judged."""
+"""The bilevel problem: where the inner parameters start, what is minimised, what is judged."""
 
 from __future__ import annotations
 

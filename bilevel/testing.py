@@ -49,7 +49,9 @@ class CheckReport:
     worst: float
 
 
-def _directions(meta: Tree, max_coordinates: int, count: int, seed: int) -> list[list[np.ndarray[Any, Any]]]:
+def _directions(
+    meta: Tree, max_coordinates: int, count: int, seed: int
+) -> list[list[np.ndarray[Any, Any]]]:
     shapes = [tuple(leaf.shape) for leaf in tree.leaves(meta)]
     sizes = [int(np.prod(s)) for s in shapes]
     n = sum(sizes)

@@ -135,7 +135,7 @@ def structure(tree: Tree) -> TreeDef:
     return flatten(tree)[1]
 
 
-def map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:  # noqa: A001
+def map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
     """Apply ``fn`` leafwise to ``tree`` and trees of the same structure in ``rest``.
 
     Raises:

@@ -19,7 +19,7 @@ import scipy.optimize
 
 from bilevel import tree
 from bilevel.protocols import InnerObjective, SolverInfo
-from solvers._check import count, nonnegative, positive
+from bilevel.validate import count, nonnegative, positive
 
 __all__ = ["GradientDescent", "Optimizer", "Scipy", "UpdateRule"]
 
@@ -86,7 +86,9 @@ class GradientDescent:
 
 
 def _check_transform(transform: object) -> None:
-    if not (callable(getattr(transform, "init", None)) and callable(getattr(transform, "update", None))):
+    if not (
+        callable(getattr(transform, "init", None)) and callable(getattr(transform, "update", None))
+    ):
         raise TypeError(
             f"Optimizer: transform must be an optax-style gradient transformation with "
             f"init(params) and update(grads, state, params) (e.g. optax.adam(1e-3) or "

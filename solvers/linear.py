@@ -16,7 +16,7 @@ import scipy.sparse.linalg as spla
 from bilevel import tree
 from bilevel.backends.base import Backend
 from bilevel.protocols import LinearInfo, LinearOperator
-from solvers._check import count, nonnegative, positive
+from bilevel.validate import count, nonnegative, positive
 
 __all__ = ["CG", "GMRES", "MINRES", "Direct", "Neumann"]
 
@@ -27,7 +27,9 @@ def _norm(backend: Backend, x: Tree) -> float:
     return math.sqrt(max(backend.to_float(tree.vdot(x, x)), 0.0))
 
 
-def _relative_residual(op: LinearOperator, b: Tree, x: Tree, bnorm: float, backend: Backend) -> float:
+def _relative_residual(
+    op: LinearOperator, b: Tree, x: Tree, bnorm: float, backend: Backend
+) -> float:
     if bnorm == 0:  # A x = 0: x = 0 is the answer the solvers return
         return 0.0 if _norm(backend, x) == 0 else math.inf
     return _norm(backend, tree.sub(b, op.matvec(x))) / bnorm
@@ -84,7 +86,9 @@ class CG:
         positive(who, "tol", self.tol, "tol=1e-10")
         nonnegative(who, "atol", self.atol, "atol=0.0")
 
-    def solve(self, operator: LinearOperator, b: Tree, *, backend: Backend) -> tuple[Tree, LinearInfo]:
+    def solve(
+        self, operator: LinearOperator, b: Tree, *, backend: Backend
+    ) -> tuple[Tree, LinearInfo]:
         _need_symmetric(repr(self), operator)
         x = tree.zeros_like(b)
         r, p = b, b
@@ -130,8 +134,9 @@ class Neumann:
         >>> from bilevel.backends import TorchBackend
         >>> from bilevel.protocols import LinearOperator
         >>> from solvers import Neumann
-        >>> x, info = Neumann(maxiter=200, alpha=0.5).solve(
-        ...     LinearOperator(lambda v: 1.5 * v, True), torch.tensor([3.0]), backend=TorchBackend())
+        >>> op = LinearOperator(lambda v: 1.5 * v, True)
+        >>> x, info = Neumann(maxiter=200, alpha=0.5).solve(op, torch.tensor([3.0]),
+        ...                                                 backend=TorchBackend())
         >>> round(x.item(), 5), info.converged
         (2.0, True)
     """
@@ -146,7 +151,9 @@ class Neumann:
         positive(who, "alpha", self.alpha, "alpha=1.0")
         positive(who, "tol", self.tol, "tol=1e-10")
 
-    def solve(self, operator: LinearOperator, b: Tree, *, backend: Backend) -> tuple[Tree, LinearInfo]:
+    def solve(
+        self, operator: LinearOperator, b: Tree, *, backend: Backend
+    ) -> tuple[Tree, LinearInfo]:
         x, r = tree.zeros_like(b), b
         bnorm = _norm(backend, b)
         threshold = self.tol * bnorm
@@ -172,10 +179,14 @@ class _Krylov:
         count(who, "maxiter", self.maxiter, 1)
         positive(who, "tol", self.tol, "tol=1e-10")
 
-    def _run(self, a: spla.LinearOperator, b: np.ndarray[Any, Any], counter: list[int]) -> tuple[np.ndarray[Any, Any], int]:
+    def _run(
+        self, a: spla.LinearOperator, b: np.ndarray[Any, Any], counter: list[int]
+    ) -> tuple[np.ndarray[Any, Any], int]:
         raise NotImplementedError
 
-    def solve(self, operator: LinearOperator, b: Tree, *, backend: Backend) -> tuple[Tree, LinearInfo]:
+    def solve(
+        self, operator: LinearOperator, b: Tree, *, backend: Backend
+    ) -> tuple[Tree, LinearInfo]:
         flat, unravel = backend.ravel(b)
         n = int(flat.shape[0])
         counter = [0]
@@ -185,7 +196,7 @@ class _Krylov:
             out = operator.matvec(unravel(backend.from_numpy(np.ravel(v), like=flat)))
             return backend.to_numpy(backend.ravel(out)[0])
 
-        a = spla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+        a = spla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)  # pyright: ignore[reportCallIssue]
         x_np, code = self._run(a, backend.to_numpy(flat), counter)
         x = unravel(backend.from_numpy(x_np, like=flat))
         bnorm = _norm(backend, b)
@@ -215,11 +226,15 @@ class MINRES(_Krylov):
         ([1.0, -0.5], True)
     """
 
-    def _run(self, a: spla.LinearOperator, b: np.ndarray[Any, Any], counter: list[int]) -> tuple[np.ndarray[Any, Any], int]:
+    def _run(
+        self, a: spla.LinearOperator, b: np.ndarray[Any, Any], counter: list[int]
+    ) -> tuple[np.ndarray[Any, Any], int]:
         x, code = spla.minres(a, b, rtol=self.tol, maxiter=self.maxiter)
         return x, int(code)
 
-    def solve(self, operator: LinearOperator, b: Tree, *, backend: Backend) -> tuple[Tree, LinearInfo]:
+    def solve(
+        self, operator: LinearOperator, b: Tree, *, backend: Backend
+    ) -> tuple[Tree, LinearInfo]:
         _need_symmetric(repr(self), operator)
         return super().solve(operator, b, backend=backend)
 
@@ -248,9 +263,13 @@ class GMRES(_Krylov):
 
     restart: int = 50
 
-    def _run(self, a: spla.LinearOperator, b: np.ndarray[Any, Any], counter: list[int]) -> tuple[np.ndarray[Any, Any], int]:
+    def _run(
+        self, a: spla.LinearOperator, b: np.ndarray[Any, Any], counter: list[int]
+    ) -> tuple[np.ndarray[Any, Any], int]:
         count(repr(self), "restart", self.restart, 1)
-        x, code = spla.gmres(a, b, rtol=self.tol, atol=0.0, restart=self.restart, maxiter=self.maxiter)
+        x, code = spla.gmres(
+            a, b, rtol=self.tol, atol=0.0, restart=self.restart, maxiter=self.maxiter
+        )
         return x, int(code)
 
 
@@ -287,7 +306,9 @@ class Direct:
         count(f"Direct(max_size={self.max_size!r})", "max_size", self.max_size, 1)
         positive(f"Direct(tol={self.tol!r})", "tol", self.tol, "tol=1e-6")
 
-    def solve(self, operator: LinearOperator, b: Tree, *, backend: Backend) -> tuple[Tree, LinearInfo]:
+    def solve(
+        self, operator: LinearOperator, b: Tree, *, backend: Backend
+    ) -> tuple[Tree, LinearInfo]:
         flat, unravel = backend.ravel(b)
         n = int(flat.shape[0])
         if n > self.max_size:

@@ -1,4 +1,4 @@
-"""The AD seam: the :class:`Backend` protocol, its implementations, and choosing one from leaf types.
+"""The AD seam: the :class:`Backend` protocol, its implementations, choosing one from leaf types.
 
 The backend is never a flag: it follows from the types of the arrays in the meta-parameters and
 tasks. Importing :mod:`bilevel` imports no AD framework; the first array of a framework does.
@@ -11,7 +11,8 @@ from typing import Any
 from bilevel import tree
 from bilevel.backends.base import Array, Backend, Tree
 
-__all__ = ["Array", "Backend", "Tree", "TorchBackend", "backend_for"]
+# ``TorchBackend`` is importable from here too, loaded lazily by ``__getattr__``.
+__all__ = ["Array", "Backend", "Tree", "backend_for"]
 
 
 def _framework(leaf: object) -> str | None:
@@ -78,4 +79,3 @@ def __getattr__(name: str) -> Any:
 
         return cls
     raise AttributeError(f"module 'bilevel.backends' has no attribute {name!r}")
-

@@ -24,11 +24,11 @@ class Backend(Protocol):
 
     name: str
 
-    def owns(self, leaf: object) -> bool:
+    def owns(self, leaf: object, /) -> bool:
         """Whether ``leaf`` is an array of this backend."""
         ...
 
-    def is_differentiable(self, leaf: Array) -> bool:
+    def is_differentiable(self, leaf: Array, /) -> bool:
         """Whether ``leaf`` has a floating (or complex) dtype and can carry a gradient."""
         ...
 
@@ -38,7 +38,9 @@ class Backend(Protocol):
         """``fn``'s value and gradient: returns ``(value, grad)``, or ``((value, aux), grad)``."""
         ...
 
-    def vjp(self, fn: Callable[..., Any], *primals: Tree) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
+    def vjp(
+        self, fn: Callable[..., Any], *primals: Tree
+    ) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
         """``(fn(*primals), vjp_fn)``; ``vjp_fn(cotangent)`` returns one cotangent per primal
         and may be called any number of times."""
         ...
@@ -56,49 +58,49 @@ class Backend(Protocol):
     def vmap(
         self, fn: Callable[..., Any], in_dims: tuple[Any, ...], out_dims: Any = 0
     ) -> Callable[..., Any]:
-        """Vectorise ``fn`` over the axes given by ``in_dims`` (a pytree prefix, ``None`` = shared)."""
+        """Vectorise ``fn`` over the axes in ``in_dims`` (a pytree prefix; ``None``: shared)."""
         ...
 
-    def stop_gradient(self, tree: Tree) -> Tree:
+    def stop_gradient(self, tree: Tree, /) -> Tree:
         """The same values with no gradient flowing back through them."""
         ...
 
-    def all_finite(self, tree: Tree) -> Array:
+    def all_finite(self, tree: Tree, /) -> Array:
         """A 0-d boolean array: every entry of every leaf is finite (no host sync)."""
         ...
 
-    def where(self, cond: Array, a: Array, b: Array) -> Array:
+    def where(self, cond: Array, a: Array, b: Array, /) -> Array:
         """Elementwise ``a if cond else b``."""
         ...
 
-    def scalar(self, value: float, like: Array) -> Array:
+    def scalar(self, value: float, like: Array, /) -> Array:
         """A 0-d array holding ``value`` with the dtype and device of ``like``."""
         ...
 
-    def to_float(self, x: Array) -> float:
+    def to_float(self, x: Array, /) -> float:
         """A host ``float`` from a 0-d array (synchronises with the device)."""
         ...
 
-    def to_numpy(self, x: Array) -> np.ndarray[Any, Any]:
+    def to_numpy(self, x: Array, /) -> np.ndarray[Any, Any]:
         """A float64 NumPy copy of ``x``, detached from any gradient."""
         ...
 
     def from_numpy(self, x: np.ndarray[Any, Any], like: Array) -> Array:
-        """An array of this backend with the values of ``x`` and the dtype and device of ``like``."""
+        """An array of this backend with ``x``'s values and ``like``'s dtype and device."""
         ...
 
-    def ravel(self, tree: Tree) -> tuple[Array, Callable[[Array], Tree]]:
+    def ravel(self, tree: Tree, /) -> tuple[Array, Callable[[Array], Tree]]:
         """Concatenate the leaves into one vector; return it with the inverse map."""
         ...
 
-    def stack(self, xs: Sequence[Array]) -> Array:
+    def stack(self, xs: Sequence[Array], /) -> Array:
         """Stack arrays of one shape along a new leading axis."""
         ...
 
-    def dense_solve(self, a: Array, b: Array) -> Array:
+    def dense_solve(self, a: Array, b: Array, /) -> Array:
         """Solve the dense square system ``a x = b``."""
         ...
 
-    def eigvalsh(self, a: Array) -> Array:
+    def eigvalsh(self, a: Array, /) -> Array:
         """Eigenvalues of a symmetric matrix, ascending."""
         ...

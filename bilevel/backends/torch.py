@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ Tree = Any
 
 
 class TorchBackend:
-    """:class:`~bilevel.backends.Backend` on ``torch.func`` (``grad_and_value``, ``vjp``, ``jvp``, ``vmap``).
+    """:class:`~bilevel.backends.Backend` on ``torch.func`` (``grad_and_value``, ``vjp``, ...).
 
     Example:
         >>> import torch
@@ -56,8 +56,10 @@ class TorchBackend:
 
         return wrapped
 
-    def vjp(self, fn: Callable[..., Any], *primals: Tree) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
-        out, vjp_fn = tf.vjp(fn, *primals)
+    def vjp(
+        self, fn: Callable[..., Any], *primals: Tree
+    ) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
+        out, vjp_fn = cast("tuple[Any, Callable[[Any], tuple[Any, ...]]]", tf.vjp(fn, *primals))
         return out, vjp_fn
 
     def jvp(
@@ -106,7 +108,9 @@ class TorchBackend:
 
         def unravel(v: Any) -> Tree:
             parts = torch.split(v, sizes) if sizes else []
-            return tree.unflatten(treedef, [p.reshape(s) for p, s in zip(parts, shapes, strict=True)])
+            return tree.unflatten(
+                treedef, [p.reshape(s) for p, s in zip(parts, shapes, strict=True)]
+            )
 
         return vec, unravel
 

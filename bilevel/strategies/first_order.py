@@ -55,4 +55,3 @@ class FirstOrder(ReverseModeOfMap):
             return outer_value(problem, params, theta, task), (params_k, diag)
 
         return fn
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from bilevel.strategies._common import (
     solve_forward,
 )
 from bilevel.strategies.base import Outcome
+from bilevel.validate import positive
 
 __all__ = ["Implicit", "residual_map"]
 
@@ -103,19 +103,12 @@ class Implicit:
     stationarity_tol: float = 1e-4
 
     def __post_init__(self) -> None:
-        if not isinstance(self.linear, LinearSolver):
+        if not isinstance(self.linear, LinearSolver):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(
                 f"Implicit(linear={self.linear!r}): linear must be a linear solver with a "
                 "solve(operator, b, backend=...) method, e.g. solvers.CG(maxiter=20)"
             )
-        tol = self.stationarity_tol
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not (
-            math.isfinite(tol) and tol > 0
-        ):
-            raise ValueError(
-                f"Implicit(stationarity_tol={tol!r}): must be a positive finite number, "
-                "e.g. 1e-4"
-            )
+        positive("Implicit(...)", "stationarity_tol", self.stationarity_tol, "1e-4")
 
     def validate(self, solver: object) -> None:
         return None

@@ -15,6 +15,7 @@ from bilevel.strategies._common import (
     run_steps,
 )
 from bilevel.strategies.base import AuxMap, ReverseModeOfMap
+from bilevel.validate import count
 
 __all__ = ["Truncated", "Unrolled", "unrolled_map"]
 
@@ -29,18 +30,18 @@ def unrolled_map(
     steps ``j … K−1`` and F.
     """
     it = require_iterative(solver, "the unrolled map")
+    prefix: tuple[Tree, Any] | None = None
     if frozen > 0:
         meta0 = backend.stop_gradient(meta)
         state0, bad0, obj0 = initial_state(problem, it, meta0, task, backend)
         state0, bad0 = run_steps(it, state0, obj0, 0, frozen, bad0)
-        state0 = backend.stop_gradient(state0)
+        prefix = (backend.stop_gradient(state0), bad0)
 
     def fn(theta: Tree) -> tuple[Any, tuple[Tree, dict[str, Any]]]:
-        if frozen > 0:
-            state, bad = state0, bad0
-            obj = objective(problem, theta, task, backend)
-        else:
+        if prefix is None:
             state, bad, obj = initial_state(problem, it, theta, task, backend)
+        else:
+            (state, bad), obj = prefix, objective(problem, theta, task, backend)
         state, bad = run_steps(it, state, obj, frozen, it.steps, bad)
         params = it.params(state)
         return outer_value(problem, params, theta, task), (params, {"nonfinite_step": bad})
@@ -111,11 +112,9 @@ class Truncated(ReverseModeOfMap):
     steps: int
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(
-                f"Truncated(steps={self.steps!r}): steps must be an integer >= 1 (the number of "
-                "final inner steps to differentiate through); for no steps use FirstOrder()"
-            )
+        who = f"Truncated(steps={self.steps!r})"
+        hint = " (the number of final inner steps to differentiate; for none use FirstOrder())"
+        count(who, "steps", self.steps, 1, hint)
 
     def validate(self, solver: object) -> None:
         require_iterative(solver, f"Truncated({self.steps})")

@@ -1,8 +1,13 @@
-"""Constructor checks shared by the solvers: messages name the call, the value and the fix."""
+"""Constructor checks shared by strategies and solvers: messages name the call, the value, the fix.
+
+A leaf module (it imports nothing from bilevel), so the ``solvers`` package may use it too.
+"""
 
 from __future__ import annotations
 
 import math
+
+__all__ = ["count", "nonnegative", "positive"]
 
 
 def positive(who: str, name: str, value: object, example: str) -> None:
@@ -21,9 +26,11 @@ def nonnegative(who: str, name: str, value: object, example: str) -> None:
         raise ValueError(f"{who}: {name}={value!r} must be >= 0 and finite, e.g. {example}")
 
 
-def count(who: str, name: str, value: object, minimum: int) -> None:
-    """Raise unless ``value`` is an ``int`` ≥ ``minimum``."""
+def count(who: str, name: str, value: object, minimum: int, hint: str = "") -> None:
+    """Raise unless ``value`` is an ``int`` ≥ ``minimum``; ``hint`` is appended to the message."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{who}: {name} must be an int, got {type(value).__name__} ({value!r})")
+        raise TypeError(
+            f"{who}: {name} must be an int, got {type(value).__name__} ({value!r}){hint}"
+        )
     if value < minimum:
-        raise ValueError(f"{who}: {name}={value} must be >= {minimum}")
+        raise ValueError(f"{who}: {name}={value} must be >= {minimum}{hint}")
