@@ -103,6 +103,10 @@ def hypergrad(
     :class:`Batch`, value and grad are means over tasks; tasks are mapped with the backend's
     ``vmap`` when the strategy and solver allow it and looped otherwise, with the same result.
 
+    Results are not recorded on torch's autograd tape (``requires_grad`` meta-parameters such
+    as ``nn.Parameter`` are read as values), so a result never keeps the unrolled graph alive;
+    ``hypergrad`` still composes with the backend's functional transforms (``torch.func``).
+
     Args:
         problem: the :class:`Problem`.
         solver: the inner solver (``solvers.GradientDescent``, ``Optimizer``, ``UpdateRule``,
@@ -137,12 +141,14 @@ def hypergrad(
     backend = backend_for(meta, data, what="hypergrad")
     _check_inputs(problem, strategy, meta, backend)
     strategy.validate(solver)
+    meta, data = backend.untape(meta), backend.untape(data)
     if not isinstance(task, Batch):
         out = strategy.compute(problem, solver, meta, data, backend)
         info = finish(out, strategy, backend)
         return Result(out.value, out.grad, out.params, info, (info,))
 
-    n = task.size()
+    batch = Batch(data)
+    n = batch.size()
     if strategy.vectorizable(solver):
         dims = tree.map(lambda x: 0 if backend.owns(x) else None, data)
 
@@ -152,7 +158,7 @@ def hypergrad(
         values, grads, params, diags = backend.vmap(one, in_dims=(None, dims))(meta, data)
         outs = [Outcome(values[i], _take(grads, i), None, _take(diags, i)) for i in range(n)]
     else:
-        outs = [strategy.compute(problem, solver, meta, task.task(i), backend) for i in range(n)]
+        outs = [strategy.compute(problem, solver, meta, batch.task(i), backend) for i in range(n)]
         values = backend.stack([o.value for o in outs])
         grads = tree.map(lambda *gs: backend.stack(gs), *(o.grad for o in outs))
         params = tree.map(lambda *ps: backend.stack(ps), *(o.params for o in outs))

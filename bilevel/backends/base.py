@@ -65,6 +65,15 @@ class Backend(Protocol):
         """The same values with no gradient flowing back through them."""
         ...
 
+    def untape(self, tree: Tree, /) -> Tree:
+        """Drop the history of a tape-based autograd (torch's ``requires_grad``) from the leaves.
+
+        Leaves inside a functional transform (``torch.func.grad``, ``jax.grad``) are left alone, so
+        ``hypergrad`` still composes with the backend's transforms; only a tape recorded by the
+        caller is cut, so results never hold on to the whole unrolled graph.
+        """
+        ...
+
     def all_finite(self, tree: Tree, /) -> Array:
         """A 0-d boolean array: every entry of every leaf is finite (no host sync)."""
         ...

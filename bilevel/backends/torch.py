@@ -8,6 +8,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import func as tf
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 from bilevel import tree
 
@@ -78,6 +79,14 @@ class TorchBackend:
 
     def stop_gradient(self, tree_: Tree) -> Tree:
         return tree.map(lambda x: x.detach(), tree_)
+
+    def untape(self, tree_: Tree) -> Tree:
+        def plain(x: Any) -> Any:
+            if x.requires_grad and not is_functorch_wrapped_tensor(x):
+                return x.detach()
+            return x
+
+        return tree.map(plain, tree_)
 
     def all_finite(self, tree_: Tree) -> Any:
         flags = [torch.isfinite(x).all() for x in tree.leaves(tree_)]
