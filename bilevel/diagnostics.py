@@ -85,12 +85,19 @@ def finish(out: Outcome, strategy: object, backend: Backend, where: str = "") ->
             stacklevel=3,
         )
     if linear is not None and (not linear.converged or linear.negative_curvature):
-        why = (
-            "met negative curvature (the inner Hessian is not positive definite; use MINRES "
-            "or Direct, or regularise the inner problem)"
-            if linear.negative_curvature
-            else "did not converge"
-        )
+        if not linear.negative_curvature:
+            why = "did not converge"
+        elif not linear.converged:
+            why = (
+                "met negative curvature, so CG cannot solve it (the inner Hessian is not "
+                "positive definite): use solvers.MINRES or solvers.Direct, or regularise the "
+                "inner problem"
+            )
+        else:
+            why = (
+                "was solved, but the inner Hessian has a negative eigenvalue: φ* is a saddle "
+                "point, not a minimum, and the hypergradient is that of this stationary point"
+            )
         warnings.warn(
             f"hypergrad{where}: the linear solve of {strategy!r} {why}: {linear.iterations} "
             f"iterations, relative residual {linear.residual:.3g}",

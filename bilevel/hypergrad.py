@@ -10,7 +10,7 @@ from bilevel.backends import backend_for
 from bilevel.backends.base import Backend, Tree
 from bilevel.diagnostics import finish, worst
 from bilevel.problem import Problem
-from bilevel.result import Result
+from bilevel.result import Info, Result
 from bilevel.strategies.base import Outcome, Strategy
 
 __all__ = ["Batch", "hypergrad"]
@@ -69,6 +69,11 @@ def _check_inputs(problem: object, strategy: object, meta: Tree, backend: Backen
         raise TypeError(
             f"hypergrad: problem must be a bilevel.Problem, got {type(problem).__name__}; "
             "build one with Problem(init=..., inner_loss=..., outer_loss=...)"
+        )
+    if isinstance(strategy, type):
+        raise TypeError(
+            f"hypergrad: strategy={strategy.__name__} is a class; pass an instance, e.g. "
+            f"strategy={strategy.__name__}()"
         )
     if not isinstance(strategy, Strategy):
         raise TypeError(
@@ -162,6 +167,8 @@ def hypergrad(
         values = backend.stack([o.value for o in outs])
         grads = tree.map(lambda *gs: backend.stack(gs), *(o.grad for o in outs))
         params = tree.map(lambda *ps: backend.stack(ps), *(o.params for o in outs))
-    infos = tuple(finish(o, strategy, backend, where=f" (task {i})") for i, o in enumerate(outs))
+    infos: list[Info] = []
+    for i, o in enumerate(outs):  # a loop, not a generator: warnings point at the caller
+        infos.append(finish(o, strategy, backend, where=f" (task {i})"))
     grad = tree.map(lambda g: g.mean(0), grads)
-    return Result(values.mean(0), grad, params, worst(infos), infos)
+    return Result(values.mean(0), grad, params, worst(infos), tuple(infos))

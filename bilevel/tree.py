@@ -11,12 +11,13 @@ Example:
     >>> a = {"w": torch.ones(2), "b": torch.tensor(3.0)}
     >>> float(tree.vdot(a, tree.scale(2.0, a)))
     22.0
-    >>> tree.structure(a) == tree.structure(tree.zeros_like(a))
+    >>> tree.structure(a) == tree.structure(tree.scale(0.5, a))
     True
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,6 @@ __all__ = [
     "sub",
     "unflatten",
     "vdot",
-    "zeros_like",
 ]
 
 Tree = Any
@@ -50,6 +50,8 @@ class TreeDef:
     # A dict's own key order: rebuilt dicts keep it (torch.func compares key order), but two
     # dicts with the same keys in another order have the same structure.
     order: tuple[Any, ...] = field(default=(), compare=False)
+    # How to rebuild a dict from pairs (a defaultdict keeps its default_factory); not compared.
+    rebuild: Any = field(default=None, compare=False)
 
     @property
     def num_leaves(self) -> int:
@@ -75,13 +77,27 @@ class TreeDef:
         return "(" + inner + ("," if len(self.children) == 1 else "") + ")"
 
 
+def _dict_factory(node: dict[Any, Any]) -> Callable[[list[tuple[Any, Any]]], dict[Any, Any]]:
+    """Rebuilds a dict of ``node``'s type from key-value pairs (a defaultdict keeps its default)."""
+    if isinstance(node, defaultdict):
+        factory = node.default_factory  # pyright: ignore[reportUnknownMemberType]
+        return lambda pairs: defaultdict(factory, pairs)  # pyright: ignore[reportUnknownLambdaType]
+    return type(node)
+
+
 def _flatten(node: Tree, out: list[Any]) -> TreeDef:
     if node is None:
         return TreeDef("none")
     if isinstance(node, dict):
         keys = tuple(sorted(node.keys(), key=repr))  # pyright: ignore[reportUnknownArgumentType]
         children = tuple(_flatten(node[k], out) for k in keys)
-        return TreeDef("dict", (keys, type(node)), children, tuple(node.keys()))  # pyright: ignore[reportUnknownArgumentType]
+        return TreeDef(
+            "dict",
+            (keys, type(node)),  # pyright: ignore[reportUnknownArgumentType]
+            children,
+            tuple(node.keys()),  # pyright: ignore[reportUnknownArgumentType]
+            _dict_factory(node),  # pyright: ignore[reportUnknownArgumentType]
+        )
     if isinstance(node, tuple) and hasattr(node, "_fields"):
         children = tuple(_flatten(c, out) for c in node)  # pyright: ignore[reportUnknownVariableType]
         return TreeDef("namedtuple", type(node), children)  # pyright: ignore[reportUnknownArgumentType]
@@ -105,9 +121,9 @@ def _unflatten(treedef: TreeDef, it: Any) -> Tree:
         return None
     children = [_unflatten(c, it) for c in treedef.children]
     if treedef.kind == "dict":
-        keys, cls = treedef.meta
+        keys, _ = treedef.meta
         by_key = dict(zip(keys, children, strict=True))
-        return cls((k, by_key[k]) for k in treedef.order)
+        return treedef.rebuild([(k, by_key[k]) for k in treedef.order])
     if treedef.kind == "namedtuple":
         return treedef.meta(*children)
     if treedef.kind == "list":
@@ -181,14 +197,19 @@ def vdot(a: Tree, b: Tree) -> Any:
     """Sum over all leaves of ``(a * b).sum()``: the Euclidean inner product of two pytrees.
 
     Returns a 0-d array of the leaves' backend (or ``0.0`` for a tree without leaves).
+
+    Raises:
+        ValueError: if ``a`` and ``b`` have different structures.
     """
-    terms = [(x * y).sum() for x, y in zip(leaves(a), leaves(b), strict=True)]
+    flat_a, def_a = flatten(a)
+    flat_b, def_b = flatten(b)
+    if def_a != def_b:
+        raise ValueError(
+            f"tree.vdot: the trees have structures {def_a} and {def_b}; pass trees with the "
+            "same containers and keys"
+        )
     total: Any = 0.0
-    for t in terms:
-        total = t if isinstance(total, float) else total + t
+    for x, y in zip(flat_a, flat_b, strict=True):
+        term = (x * y).sum()
+        total = term if isinstance(total, float) else total + term
     return total
-
-
-def zeros_like(a: Tree) -> Tree:
-    """A tree of zeros with the structure, shapes and dtypes of ``a``."""
-    return map(lambda x: x * 0, a)

@@ -70,7 +70,7 @@ class GradientDescent:
     def init(self, params: Tree, objective: InnerObjective) -> Tree:
         if objective.loss_fn is None:
             objective.loss(params)  # raises the TypeError that names the fix
-        return params if self.momentum == 0 else (params, tree.zeros_like(params))
+        return params if self.momentum == 0 else (params, objective.backend.zeros_like(params))
 
     def step(self, state: Tree, objective: InnerObjective) -> Tree:
         if self.momentum == 0:
@@ -104,7 +104,10 @@ class Optimizer:
     .. math:: (u_t, s_{t+1}) = \mathrm{update}(∇f(φ_t), s_t, φ_t), \qquad φ_{t+1} = φ_t + u_t
 
     ``optax`` and ``torchopt`` transformations qualify unchanged (torchopt's is called with
-    ``inplace=False`` so the meta-gradient is not cut). The state is ``(φ, s)``.
+    ``inplace=False`` so the meta-gradient is not cut). The state is ``(φ, s)``. A transform
+    must be a pure function of its state: torchopt's ``sgd`` with ``dampening > 0`` keeps a
+    hidden first-call flag inside the transform object, so reusing one such object gives
+    different results on later calls.
 
     Args:
         transform: an object with ``init(params)`` and ``update(grads, state, params=...)``.
@@ -127,6 +130,12 @@ class Optimizer:
 
     transform: Any
     steps: int
+
+    @property
+    def vectorizable(self) -> bool:
+        """``False``: transforms may update their state in place (torchopt's do), which ``vmap``
+        rejects, so a :class:`~bilevel.Batch` is looped over tasks (with the same result)."""
+        return False
 
     def __post_init__(self) -> None:
         _check_transform(self.transform)
@@ -271,7 +280,8 @@ class Scipy:
             jac=True,
             method=self.method,
             tol=self.tol,
-            options={"maxiter": self.maxiter},
+            # TNC counts function evaluations and calls its limit maxfun
+            options={"maxfun" if self.method == "TNC" else "maxiter": self.maxiter},
         )
         solution = unravel(backend.from_numpy(res.x, like=flat))
         return solution, SolverInfo(int(res.get("nit", 0)), bool(res.success), str(res.message))

@@ -90,7 +90,7 @@ class CG:
         self, operator: LinearOperator, b: Tree, *, backend: Backend
     ) -> tuple[Tree, LinearInfo]:
         _need_symmetric(repr(self), operator)
-        x = tree.zeros_like(b)
+        x = backend.zeros_like(b)
         r, p = b, b
         rr = tree.vdot(r, r)
         bnorm = math.sqrt(backend.to_float(rr))
@@ -154,7 +154,7 @@ class Neumann:
     def solve(
         self, operator: LinearOperator, b: Tree, *, backend: Backend
     ) -> tuple[Tree, LinearInfo]:
-        x, r = tree.zeros_like(b), b
+        x, r = backend.zeros_like(b), b
         bnorm = _norm(backend, b)
         threshold = self.tol * bnorm
         iterations, rnorm = 0, bnorm
@@ -165,6 +165,9 @@ class Neumann:
             rnorm = _norm(backend, r)
         residual = _relative_residual(operator, b, x, bnorm, backend)
         return x, LinearInfo(iterations, residual, math.isfinite(residual) and rnorm <= threshold)
+
+
+_KRYLOV_ROUNDS = 4  # SciPy runs per solve: the first, then restarts with a tighter rtol
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ class _Krylov:
         positive(who, "tol", self.tol, "tol=1e-10")
 
     def _run(
-        self, a: spla.LinearOperator, b: np.ndarray[Any, Any], counter: list[int]
+        self, a: spla.LinearOperator, b: np.ndarray[Any, Any], x0: np.ndarray[Any, Any], rtol: float
     ) -> tuple[np.ndarray[Any, Any], int]:
         raise NotImplementedError
 
@@ -197,11 +200,19 @@ class _Krylov:
             return backend.to_numpy(backend.ravel(out)[0])
 
         a = spla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)  # pyright: ignore[reportCallIssue]
-        x_np, code = self._run(a, backend.to_numpy(flat), counter)
-        x = unravel(backend.from_numpy(x_np, like=flat))
+        b_np, x_np, rtol = backend.to_numpy(flat), np.zeros(n), self.tol
         bnorm = _norm(backend, b)
-        residual = _relative_residual(operator, b, x, bnorm, backend)
-        converged = code == 0 and math.isfinite(residual)
+        # SciPy's MINRES stops on its own measure (‖r‖ ≤ rtol·(‖A‖‖x‖ + ‖b‖)), which can be far
+        # looser than the documented ‖b − Ax‖/‖b‖ ≤ tol: restart from the last iterate with
+        # rtol tightened by the gap, a few times, and report convergence on the documented test.
+        for _ in range(_KRYLOV_ROUNDS):
+            x_np, code = self._run(a, b_np, x_np, rtol)
+            x = unravel(backend.from_numpy(x_np, like=flat))
+            residual = _relative_residual(operator, b, x, bnorm, backend)
+            if code != 0 or residual <= self.tol or not math.isfinite(residual):
+                break
+            rtol *= max(self.tol / residual, 1e-4)
+        converged = code == 0 and residual <= self.tol
         return x, LinearInfo(counter[0], residual, converged, extra={"scipy_info": code})
 
 
@@ -210,8 +221,9 @@ class MINRES(_Krylov):
     """SciPy's MINRES for symmetric, possibly indefinite ``A`` (host round trip, float64).
 
     Args:
-        maxiter: the most iterations (≥ 1).
-        tol: SciPy's relative tolerance ``rtol`` (> 0).
+        maxiter: the most iterations of one SciPy run (≥ 1); a solve makes up to 4 runs,
+            restarting from the last iterate while ``‖b − Ax‖/‖b‖ > tol``.
+        tol: the relative residual ``‖b − Ax‖/‖b‖`` to reach (> 0).
 
     Example:
         >>> import torch
@@ -227,9 +239,9 @@ class MINRES(_Krylov):
     """
 
     def _run(
-        self, a: spla.LinearOperator, b: np.ndarray[Any, Any], counter: list[int]
+        self, a: spla.LinearOperator, b: np.ndarray[Any, Any], x0: np.ndarray[Any, Any], rtol: float
     ) -> tuple[np.ndarray[Any, Any], int]:
-        x, code = spla.minres(a, b, rtol=self.tol, maxiter=self.maxiter)
+        x, code = spla.minres(a, b, x0=x0, rtol=rtol, maxiter=self.maxiter)
         return x, int(code)
 
     def solve(
@@ -244,8 +256,8 @@ class GMRES(_Krylov):
     """SciPy's restarted GMRES for general square ``A`` (host round trip, float64).
 
     Args:
-        maxiter: the most restart cycles (≥ 1).
-        tol: SciPy's relative tolerance ``rtol`` (> 0).
+        maxiter: the most restart cycles of one SciPy run (≥ 1; up to 4 runs, as for MINRES).
+        tol: the relative residual ``‖b − Ax‖/‖b‖`` to reach (> 0).
         restart: the Krylov dimension between restarts (≥ 1).
 
     Example:
@@ -264,11 +276,11 @@ class GMRES(_Krylov):
     restart: int = 50
 
     def _run(
-        self, a: spla.LinearOperator, b: np.ndarray[Any, Any], counter: list[int]
+        self, a: spla.LinearOperator, b: np.ndarray[Any, Any], x0: np.ndarray[Any, Any], rtol: float
     ) -> tuple[np.ndarray[Any, Any], int]:
         count(repr(self), "restart", self.restart, 1)
         x, code = spla.gmres(
-            a, b, rtol=self.tol, atol=0.0, restart=self.restart, maxiter=self.maxiter
+            a, b, x0=x0, rtol=rtol, atol=0.0, restart=self.restart, maxiter=self.maxiter
         )
         return x, int(code)
 

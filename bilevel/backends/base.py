@@ -74,6 +74,10 @@ class Backend(Protocol):
         """
         ...
 
+    def zeros_like(self, tree: Tree, /) -> Tree:
+        """Zeros shaped like ``tree`` (structure, shapes, dtypes, devices), also where it is nan."""
+        ...
+
     def all_finite(self, tree: Tree, /) -> Array:
         """A 0-d boolean array: every entry of every leaf is finite (no host sync)."""
         ...

@@ -82,11 +82,18 @@ class TorchBackend:
 
     def untape(self, tree_: Tree) -> Tree:
         def plain(x: Any) -> Any:
-            if x.requires_grad and not is_functorch_wrapped_tensor(x):
+            if (
+                isinstance(x, torch.Tensor)
+                and x.requires_grad
+                and not is_functorch_wrapped_tensor(x)
+            ):
                 return x.detach()
             return x
 
         return tree.map(plain, tree_)
+
+    def zeros_like(self, tree_: Tree) -> Tree:
+        return tree.map(torch.zeros_like, tree_)
 
     def all_finite(self, tree_: Tree) -> Any:
         flags = [torch.isfinite(x).all() for x in tree.leaves(tree_)]

@@ -18,6 +18,7 @@ __all__ = [
     "require_iterative",
     "run_steps",
     "solve_forward",
+    "vectorizable",
 ]
 
 Diag = dict[str, Any]
@@ -43,15 +44,39 @@ def outer_value(problem: Problem, params: Tree, meta: Tree, task: Tree) -> Any:
     return check_scalar(problem.outer_loss(params, meta, task), "Problem.outer_loss")
 
 
+def not_a_solver(solver: object) -> TypeError:
+    """The error for a ``solver`` argument that is no inner solver at all."""
+    if isinstance(solver, type):
+        return TypeError(
+            f"hypergrad: solver={solver.__name__} is a class; pass an instance, e.g. "
+            "solvers.GradientDescent(lr=0.01, steps=5)"
+        )
+    return TypeError(
+        f"hypergrad: solver must be an inner solver (with init/step/params/steps, or solve), "
+        f"got {type(solver).__name__} ({solver!r}); use e.g. solvers.GradientDescent(lr, steps)"
+    )
+
+
 def require_iterative(solver: object, who: str) -> IterativeSolver:
     """``solver`` as an :class:`IterativeSolver`, or a ``TypeError`` saying what applies."""
-    if isinstance(solver, IterativeSolver):
+    if isinstance(solver, IterativeSolver) and not isinstance(solver, type):
         return solver
+    if isinstance(solver, type) or not isinstance(solver, BlackBoxSolver):
+        raise not_a_solver(solver)
     raise TypeError(
         f"{who} differentiates through the inner loop, but {solver!r} is a black-box solver "
         "with no differentiable steps; use FirstOrder() or Implicit(...) with it, or an "
         "iterative solver (solvers.GradientDescent, solvers.Optimizer, solvers.UpdateRule)"
     )
+
+
+def vectorizable(solver: object) -> bool:
+    """Whether ``solver`` may run under ``vmap``: an iterative solver that does not say otherwise.
+
+    A solver opts out with a ``vectorizable`` attribute that is ``False`` (e.g. one whose state
+    is updated in place, which ``vmap`` rejects); tasks are then looped, with the same result.
+    """
+    return isinstance(solver, IterativeSolver) and bool(getattr(solver, "vectorizable", True))
 
 
 def _first_leaf(t: Tree) -> Any:
@@ -101,6 +126,8 @@ def solve_forward(
 ) -> tuple[Tree, Diag]:
     """The inner solution at ``meta`` with no gradient path, for strategies that need no unroll."""
     meta = backend.stop_gradient(meta)
+    if isinstance(solver, type):
+        raise not_a_solver(solver)
     if isinstance(solver, IterativeSolver):
         state, bad, obj = initial_state(problem, solver, meta, task, backend)
         state, bad = run_steps(solver, state, obj, 0, solver.steps, bad)
@@ -109,7 +136,4 @@ def solve_forward(
         obj = objective(problem, meta, task, backend)
         phi, info = solver.solve(problem.init(meta, task), obj)
         return backend.stop_gradient(phi), {"solver": info}
-    raise TypeError(
-        f"hypergrad: solver must be an inner solver (with init/step/params/steps, or solve), "
-        f"got {type(solver).__name__} ({solver!r}); use e.g. solvers.GradientDescent(lr, steps)"
-    )
+    raise not_a_solver(solver)

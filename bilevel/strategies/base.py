@@ -55,31 +55,33 @@ class Strategy(Protocol):
 
 
 AuxMap = Callable[[Tree], tuple[Any, tuple[Tree, dict[str, Any]]]]
+"""``θ ↦ (value, (params, diag))``; ``diag`` holds arrays only (it passes through AD transforms)."""
 
 
 class ReverseModeOfMap:
     """Abstract base of strategies that are reverse-mode derivatives of a map they define.
 
-    A subclass gives :meth:`map_with_aux`, ``θ ↦ (value, (φ, diag))``; the hypergradient is the
-    reverse-mode gradient of that map at ``meta``, and :meth:`reference` is the map's value.
+    A subclass gives :meth:`map_with_aux`: the map ``θ ↦ (value, (φ, diag))`` and the
+    diagnostics found while building it (e.g. a black-box solver's report); the hypergradient is
+    the reverse-mode gradient of that map at ``meta``, and :meth:`reference` is the map's value.
     Subclasses are final.
     """
 
     def map_with_aux(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
-    ) -> AuxMap:
-        """``θ ↦ (value, (params, diag))``: the map whose derivative at ``meta`` is returned."""
+    ) -> tuple[AuxMap, dict[str, Any]]:
+        """The map whose derivative at ``meta`` is returned, and diagnostics found beforehand."""
         raise NotImplementedError
 
     def compute(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
     ) -> Outcome:
-        fn = self.map_with_aux(problem, solver, meta, task, backend)
+        fn, found = self.map_with_aux(problem, solver, meta, task, backend)
         (value, (params, diag)), grad = backend.value_and_grad(fn, has_aux=True)(meta)
-        return Outcome(value, grad, params, diag)
+        return Outcome(value, grad, params, {**found, **diag})
 
     def reference(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
     ) -> Callable[[Tree], Any]:
-        fn = self.map_with_aux(problem, solver, meta, task, backend)
+        fn, _ = self.map_with_aux(problem, solver, meta, task, backend)
         return lambda theta: fn(theta)[0]

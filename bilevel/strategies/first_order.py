@@ -8,8 +8,7 @@ from typing import Any
 from bilevel import tree
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
-from bilevel.protocols import IterativeSolver
-from bilevel.strategies._common import outer_value, solve_forward
+from bilevel.strategies._common import outer_value, solve_forward, vectorizable
 from bilevel.strategies.base import AuxMap, ReverseModeOfMap
 
 __all__ = ["FirstOrder"]
@@ -41,17 +40,18 @@ class FirstOrder(ReverseModeOfMap):
         return None
 
     def vectorizable(self, solver: object) -> bool:
-        return isinstance(solver, IterativeSolver)
+        return vectorizable(solver)
 
     def map_with_aux(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
-    ) -> AuxMap:
-        params_k, diag = solve_forward(problem, solver, meta, task, backend)
+    ) -> tuple[AuxMap, dict[str, Any]]:
+        params_k, found = solve_forward(problem, solver, meta, task, backend)
+        arrays = {k: v for k, v in found.items() if k == "nonfinite_step"}
         init0 = backend.stop_gradient(problem.init(backend.stop_gradient(meta), task))
 
         def fn(theta: Tree) -> tuple[Any, tuple[Tree, dict[str, Any]]]:
             shift = tree.sub(problem.init(theta, task), init0)
             params = tree.add(params_k, shift)
-            return outer_value(problem, params, theta, task), (params_k, diag)
+            return outer_value(problem, params, theta, task), (params_k, arrays)
 
-        return fn
+        return fn, {k: v for k, v in found.items() if k not in arrays}

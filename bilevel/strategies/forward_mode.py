@@ -10,7 +10,7 @@ import numpy as np
 
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
-from bilevel.strategies._common import require_iterative
+from bilevel.strategies._common import require_iterative, vectorizable
 from bilevel.strategies.base import Outcome
 from bilevel.strategies.unrolled import unrolled_map
 
@@ -43,7 +43,7 @@ class ForwardMode:
         require_iterative(solver, "ForwardMode()")
 
     def vectorizable(self, solver: object) -> bool:
-        return True
+        return vectorizable(solver)
 
     def compute(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend

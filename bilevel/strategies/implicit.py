@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,16 @@ def residual_map(
     return fixed_point_residual, False
 
 
+def _is_linear_solver(obj: object) -> bool:
+    """An instance (not a class) whose ``solve`` takes ``(operator, b, *, backend)``."""
+    if isinstance(obj, type) or not isinstance(obj, LinearSolver):
+        return False
+    try:
+        return "backend" in inspect.signature(obj.solve).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class Implicit:
     r"""Implicit-function-theorem hypergradient at the inner solution φ*.
@@ -103,7 +114,7 @@ class Implicit:
     stationarity_tol: float = 1e-4
 
     def __post_init__(self) -> None:
-        if not isinstance(self.linear, LinearSolver):  # pyright: ignore[reportUnnecessaryIsInstance]
+        if not _is_linear_solver(self.linear):
             raise TypeError(
                 f"Implicit(linear={self.linear!r}): linear must be a linear solver with a "
                 "solve(operator, b, backend=...) method, e.g. solvers.CG(maxiter=20)"

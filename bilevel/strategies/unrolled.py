@@ -13,6 +13,7 @@ from bilevel.strategies._common import (
     outer_value,
     require_iterative,
     run_steps,
+    vectorizable,
 )
 from bilevel.strategies.base import AuxMap, ReverseModeOfMap
 from bilevel.validate import count
@@ -74,12 +75,12 @@ class Unrolled(ReverseModeOfMap):
         require_iterative(solver, "Unrolled()")
 
     def vectorizable(self, solver: object) -> bool:
-        return True
+        return vectorizable(solver)
 
     def map_with_aux(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
-    ) -> AuxMap:
-        return unrolled_map(problem, solver, meta, task, backend, frozen=0)
+    ) -> tuple[AuxMap, dict[str, Any]]:
+        return unrolled_map(problem, solver, meta, task, backend, frozen=0), {}
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ class Truncated(ReverseModeOfMap):
         steps: T, the number of final inner steps to differentiate through (an int ≥ 1).
 
     Raises:
-        ValueError: if ``steps`` is not an integer ≥ 1.
+        TypeError: if ``steps`` is not an ``int``.
+        ValueError: if ``steps`` < 1.
 
     Example:
         >>> import torch, solvers
@@ -120,10 +122,11 @@ class Truncated(ReverseModeOfMap):
         require_iterative(solver, f"Truncated({self.steps})")
 
     def vectorizable(self, solver: object) -> bool:
-        return True
+        return vectorizable(solver)
 
     def map_with_aux(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
-    ) -> AuxMap:
+    ) -> tuple[AuxMap, dict[str, Any]]:
         k = require_iterative(solver, f"Truncated({self.steps})").steps
-        return unrolled_map(problem, solver, meta, task, backend, frozen=max(k - self.steps, 0))
+        frozen = max(k - self.steps, 0)
+        return unrolled_map(problem, solver, meta, task, backend, frozen), {}
