@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from bilevel.backends.base import Backend
+from bilevel.backends.base import Backend, Tree
 from bilevel.protocols import LinearInfo, SolverInfo
 from bilevel.result import Info
-from bilevel.strategies.base import Outcome
 
 __all__ = [
     "BilevelWarning",
     "LinearSolveWarning",
     "SolverWarning",
     "StationarityWarning",
-    "finish",
+    "info_of",
+    "issues_of",
+    "raise_nonfinite",
+    "warn",
     "worst",
 ]
 
@@ -37,52 +39,86 @@ class SolverWarning(BilevelWarning):
     """A black-box inner solver reported failure."""
 
 
-def finish(out: Outcome, strategy: object, backend: Backend, where: str = "") -> Info:
-    """Check one task's outcome and build its :class:`Info`.
+def raise_nonfinite(
+    value: Any,
+    grad: Tree,
+    params: Tree,
+    locate: Callable[[], int | None],
+    strategy: object,
+    backend: Backend,
+    where: str = "",
+) -> None:
+    """Raise the error that explains a non-finite value, hypergradient or inner solution.
+
+    ``locate`` re-runs the inner loop and returns the first non-finite step (0: ``init``). It is
+    only called on this failure path, so the inner loop itself carries no checks.
 
     Raises:
-        RuntimeError: if the inner loop produced a non-finite state (naming the step) or the
-            hypergradient is not finite.
-        ValueError: if the outer loss is not finite although the inner parameters are.
+        RuntimeError: the inner loop became non-finite (naming the step), or the hypergradient
+            is not finite.
+        ValueError: the outer loss is not finite at finite inner parameters.
     """
-    diag = out.diag
-    bad = diag.get("nonfinite_step")
-    if bad is not None:
-        step = int(backend.to_float(bad))
-        if step == 0:
-            raise RuntimeError(
-                f"hypergrad{where}: Problem.init returned non-finite inner parameters (before "
-                "step 1); check init and the meta-parameters"
-            )
-        if step > 0:
-            raise RuntimeError(
-                f"hypergrad{where}: the inner loop produced a non-finite value at step {step}; "
-                "the inner loss or its gradient is not finite there: lower the inner learning "
-                "rate, or check inner_loss on this task"
-            )
-    if not bool(backend.to_float(backend.all_finite(out.value))):
-        raise ValueError(
-            f"hypergrad{where}: Problem.outer_loss returned {backend.to_float(out.value)} at "
-            "finite inner parameters; check outer_loss and the task's data (log of 0, division "
-            "by 0, non-finite inputs)"
-        )
-    if not bool(backend.to_float(backend.all_finite(out.grad))):
+
+    def finite(x: Tree) -> bool:
+        return bool(backend.to_float(backend.all_finite(x)))
+
+    if finite((value, grad, params)):
+        return
+    step = locate()
+    if step == 0:
         raise RuntimeError(
-            f"hypergrad{where}: {strategy!r} produced a non-finite hypergradient although the "
-            f"outer value is finite; diagnostics: {_describe(diag)}"
+            f"hypergrad{where}: Problem.init returned non-finite inner parameters (before "
+            "step 1); check init and the meta-parameters"
         )
+    if step is not None:
+        raise RuntimeError(
+            f"hypergrad{where}: the inner loop produced a non-finite value at step {step}; the "
+            "inner loss or its gradient is not finite there: lower the inner learning rate, or "
+            "check inner_loss on this task"
+        )
+    if not finite(params):
+        raise RuntimeError(
+            f"hypergrad{where}: the inner solver returned non-finite parameters; check "
+            "inner_loss on this task"
+        )
+    if not finite(value):
+        raise ValueError(
+            f"hypergrad{where}: Problem.outer_loss returned {backend.to_float(value)} at finite "
+            "inner parameters; check outer_loss and the task's data (log of 0, division by 0, "
+            "non-finite inputs)"
+        )
+    raise RuntimeError(
+        f"hypergrad{where}: {strategy!r} produced a non-finite hypergradient although the "
+        "outer value and the inner parameters are finite"
+    )
+
+
+def info_of(diag: dict[str, Any], strategy: object, backend: Backend) -> Info:
+    """One task's :class:`Info` from a strategy's raw diagnostics."""
     stationarity = diag.get("stationarity")
-    stat = None if stationarity is None else backend.to_float(stationarity)
-    linear: LinearInfo | None = diag.get("linear")
-    solver: SolverInfo | None = diag.get("solver")
-    tol = diag.get("stationarity_tol")
-    if stat is not None and tol is not None and not stat <= tol:
-        warnings.warn(
-            f"hypergrad{where}: the inner problem is not solved: ‖G(φ*)‖ = {stat:.3g} > "
-            f"stationarity_tol = {tol:.3g}, so {strategy!r} is not exact; run more inner steps or "
-            "a better inner solver",
-            StationarityWarning,
-            stacklevel=3,
+    return Info(
+        strategy=repr(strategy),
+        stationarity=None if stationarity is None else backend.to_float(stationarity),
+        linear=diag.get("linear"),
+        solver=diag.get("solver"),
+    )
+
+
+Issue = tuple[type[BilevelWarning], str]
+
+
+def issues_of(info: Info, stationarity_tol: float | None) -> list[Issue]:
+    """What is wrong with one task's result, as (warning category, description) pairs."""
+    issues: list[Issue] = []
+    stat, linear, solver = info.stationarity, info.linear, info.solver
+    if stat is not None and stationarity_tol is not None and not stat <= stationarity_tol:
+        issues.append(
+            (
+                StationarityWarning,
+                f"the inner problem is not solved: ‖G(φ*)‖ = {stat:.3g} > stationarity_tol = "
+                f"{stationarity_tol:.3g}, so {info.strategy} is not exact; run more inner steps "
+                "or a better inner solver",
+            )
         )
     if linear is not None and (not linear.converged or linear.negative_curvature):
         if not linear.negative_curvature:
@@ -98,24 +134,39 @@ def finish(out: Outcome, strategy: object, backend: Backend, where: str = "") ->
                 "was solved, but the inner Hessian has a negative eigenvalue: φ* is a saddle "
                 "point, not a minimum, and the hypergradient is that of this stationary point"
             )
-        warnings.warn(
-            f"hypergrad{where}: the linear solve of {strategy!r} {why}: {linear.iterations} "
-            f"iterations, relative residual {linear.residual:.3g}",
-            LinearSolveWarning,
-            stacklevel=3,
+        issues.append(
+            (
+                LinearSolveWarning,
+                f"the linear solve of {info.strategy} {why}: {linear.iterations} iterations, "
+                f"relative residual {linear.residual:.3g}",
+            )
         )
     if solver is not None and not solver.success:
-        warnings.warn(
-            f"hypergrad{where}: the inner solver reported failure after {solver.iterations} "
-            f"iterations: {solver.message}",
-            SolverWarning,
-            stacklevel=3,
+        issues.append(
+            (
+                SolverWarning,
+                f"the inner solver reported failure after {solver.iterations} iterations: "
+                f"{solver.message}",
+            )
         )
-    return Info(strategy=repr(strategy), stationarity=stat, linear=linear, solver=solver)
+    return issues
 
 
-def _describe(diag: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in diag.items() if k != "nonfinite_step") or "none"
+def warn(per_task: Sequence[list[Issue]], stacklevel: int = 3) -> None:
+    """Issue at most one warning per category for one call, naming how many tasks it concerns."""
+    n = len(per_task)
+    for category in (StationarityWarning, LinearSolveWarning, SolverWarning):
+        hits = [(i, msg) for i, issues in enumerate(per_task) for c, msg in issues if c is category]
+        if not hits:
+            continue
+        first, message = hits[0]
+        if n == 1:
+            where = ""
+        elif len(hits) == 1:
+            where = f" (task {first})"
+        else:
+            where = f" ({len(hits)} of {n} tasks; task {first} shown)"
+        warnings.warn(f"hypergrad{where}: {message}", category, stacklevel=stacklevel)
 
 
 def worst(infos: Sequence[Info]) -> Info:

@@ -8,10 +8,11 @@ from typing import Any
 from bilevel import tree
 from bilevel.backends import backend_for
 from bilevel.backends.base import Backend, Tree
-from bilevel.diagnostics import finish, worst
+from bilevel.diagnostics import info_of, issues_of, raise_nonfinite, warn, worst
 from bilevel.problem import Problem
 from bilevel.result import Info, Result
-from bilevel.strategies.base import Outcome, Strategy
+from bilevel.strategies._common import first_nonfinite_step
+from bilevel.strategies.base import Strategy
 
 __all__ = ["Batch", "hypergrad"]
 
@@ -149,8 +150,17 @@ def hypergrad(
     meta, data = backend.untape(meta), backend.untape(data)
     if not isinstance(task, Batch):
         out = strategy.compute(problem, solver, meta, data, backend)
-        info = finish(out, strategy, backend)
-        return Result(out.value, out.grad, out.params, info, (info,))
+        raise_nonfinite(
+            out.value,
+            out.grad,
+            out.params,
+            lambda: first_nonfinite_step(problem, solver, meta, data, backend),
+            strategy,
+            backend,
+        )
+        info = info_of(out.diag, strategy, backend)
+        warn([issues_of(info, out.diag.get("stationarity_tol"))])
+        return Result(out.value, out.grad, out.params, info, (info,), backend.stack([out.value]))
 
     batch = Batch(data)
     n = batch.size()
@@ -161,14 +171,27 @@ def hypergrad(
             return tuple(strategy.compute(problem, solver, m, t, backend))  # type: ignore[return-value]
 
         values, grads, params, diags = backend.vmap(one, in_dims=(None, dims))(meta, data)
-        outs = [Outcome(values[i], _take(grads, i), None, _take(diags, i)) for i in range(n)]
+        task_diags = [_take(diags, i) for i in range(n)] if diags else [{}] * n
     else:
         outs = [strategy.compute(problem, solver, meta, batch.task(i), backend) for i in range(n)]
         values = backend.stack([o.value for o in outs])
         grads = tree.map(lambda *gs: backend.stack(gs), *(o.grad for o in outs))
         params = tree.map(lambda *ps: backend.stack(ps), *(o.params for o in outs))
-    infos: list[Info] = []
-    for i, o in enumerate(outs):  # a loop, not a generator: warnings point at the caller
-        infos.append(finish(o, strategy, backend, where=f" (task {i})"))
+        task_diags = [o.diag for o in outs]
+    # One host synchronisation for the whole batch; per-task checks only on the failure path.
+    if not bool(backend.to_float(backend.all_finite((values, grads, params)))):
+        for i in range(n):
+            raise_nonfinite(
+                values[i],
+                _take(grads, i),
+                _take(params, i),
+                lambda i=i: first_nonfinite_step(problem, solver, meta, batch.task(i), backend),
+                strategy,
+                backend,
+                where=f" (task {i})",
+            )
+    plain = Info(strategy=repr(strategy))
+    infos = tuple(info_of(d, strategy, backend) if d else plain for d in task_diags)
+    warn([issues_of(i, d.get("stationarity_tol")) for i, d in zip(infos, task_diags, strict=True)])
     grad = tree.map(lambda g: g.mean(0), grads)
-    return Result(values.mean(0), grad, params, worst(infos), tuple(infos))
+    return Result(values.mean(0), grad, params, worst(infos), infos, values)

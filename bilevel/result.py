@@ -41,6 +41,7 @@ class Result:
         info: diagnostics; for a batch, the worst case over tasks (largest residual and
             stationarity, any negative curvature, converged only if all converged).
         task_info: one :class:`Info` per task (a single entry for one task).
+        task_values: the outer value of each task, a 1-d array (one entry for one task).
     """
 
     value: Any
@@ -48,3 +49,4 @@ class Result:
     params: Tree
     info: Info
     task_info: tuple[Info, ...]
+    task_values: Any

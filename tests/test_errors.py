@@ -675,7 +675,7 @@ def test_failed_scipy_run_warns_and_is_recorded(strategy: Any) -> None:
     assert res.info.solver.iterations == 1
 
 
-def _warned_files(task: Any) -> list[str]:
+def _stationarity_warnings(task: Any) -> list[warnings.WarningMessage]:
     problem = Problem(
         init=lambda m, task: torch.zeros((), dtype=D),
         inner_loss=lambda w, m, task: (w - m) ** 2 / 2,
@@ -686,16 +686,18 @@ def _warned_files(task: Any) -> list[str]:
         hypergrad(
             problem, solvers.GradientDescent(0.5, 2), t(1.0), task, strategy=Implicit(solvers.CG())
         )
-    return [w.filename for w in caught if issubclass(w.category, StationarityWarning)]
+    return [w for w in caught if issubclass(w.category, StationarityWarning)]
 
 
 def test_warning_points_at_the_callers_line() -> None:
-    assert _warned_files(None) == [__file__]
+    assert [w.filename for w in _stationarity_warnings(None)] == [__file__]
 
 
-def test_batch_warning_points_at_the_callers_line() -> None:
-    # one warning per task, both attributed to this file
-    assert _warned_files(Batch(t([0.0, 1.0]))) == [__file__, __file__]
+def test_batch_warns_once_per_call_at_the_callers_line() -> None:
+    # both tasks are unsolved: one warning for the call, counting the tasks, at this file
+    caught = _stationarity_warnings(Batch(t([0.0, 1.0])))
+    assert [w.filename for w in caught] == [__file__]
+    assert "(2 of 2 tasks; task 0 shown)" in str(caught[0].message)
 
 
 # ------------------------------------------------------------------------- check_hypergrad

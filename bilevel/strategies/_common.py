@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from bilevel import tree
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
 from bilevel.protocols import BlackBoxSolver, InnerObjective, IterativeSolver
@@ -12,6 +11,7 @@ from bilevel.protocols import BlackBoxSolver, InnerObjective, IterativeSolver
 __all__ = [
     "Diag",
     "check_scalar",
+    "first_nonfinite_step",
     "initial_state",
     "objective",
     "outer_value",
@@ -79,46 +79,40 @@ def vectorizable(solver: object) -> bool:
     return isinstance(solver, IterativeSolver) and bool(getattr(solver, "vectorizable", True))
 
 
-def _first_leaf(t: Tree) -> Any:
-    flat = tree.leaves(t)
-    if not flat:
-        raise ValueError("the inner parameters returned by Problem.init have no array leaves")
-    return flat[0]
-
-
 def run_steps(
-    solver: IterativeSolver,
-    state: Tree,
-    obj: InnerObjective,
-    start: int,
-    stop: int,
-    bad: Any,
-) -> tuple[Tree, Any]:
-    """Steps ``start … stop−1`` of the inner loop.
-
-    ``bad`` is a 0-d array: −1 while every state so far is finite, else the first step whose
-    result was not. It is updated without a host synchronisation, so the loop can be
-    differentiated and vectorised; the caller checks it once at the end.
-    """
-    backend = obj.backend
-    for t in range(start, stop):
+    solver: IterativeSolver, state: Tree, obj: InnerObjective, start: int, stop: int
+) -> Tree:
+    """Steps ``start … stop−1`` of the inner loop: no checks and no host synchronisation, so the
+    loop can be differentiated and vectorised (a non-finite result is traced back to its step
+    afterwards by :func:`first_nonfinite_step`)."""
+    for _ in range(start, stop):
         state = solver.step(state, obj)
-        ok = backend.all_finite(state)
-        fresh = backend.where(ok, bad, backend.scalar(float(t + 1), bad))
-        bad = backend.where(bad < 0, fresh, bad)
-    return state, bad
+    return state
 
 
 def initial_state(
     problem: Problem, solver: IterativeSolver, meta: Tree, task: Tree, backend: Backend
-) -> tuple[Tree, Any, InnerObjective]:
-    """``(solver.init(init(meta, task)), bad, objective)`` with ``bad`` = 0 if φ₀ is not finite."""
+) -> tuple[Tree, InnerObjective]:
+    """``(solver.init(init(meta, task)), objective)``."""
     obj = objective(problem, meta, task, backend)
-    phi0 = problem.init(meta, task)
-    like = _first_leaf(phi0)
-    minus_one = backend.scalar(-1.0, like)
-    bad = backend.where(backend.all_finite(phi0), minus_one, backend.scalar(0.0, like))
-    return solver.init(phi0, obj), bad, obj
+    return solver.init(problem.init(meta, task), obj), obj
+
+
+def first_nonfinite_step(
+    problem: Problem, solver: object, meta: Tree, task: Tree, backend: Backend
+) -> int | None:
+    """Re-run the inner loop step by step and return the first step whose state is not finite
+    (0: ``init``), or ``None`` if every state is finite (or the solver is a black box)."""
+    if not isinstance(solver, IterativeSolver) or isinstance(solver, type):
+        return None
+    meta = backend.stop_gradient(meta)
+    state, obj = initial_state(problem, solver, meta, task, backend)
+    for t in range(solver.steps + 1):
+        if t > 0:
+            state = solver.step(state, obj)
+        if not bool(backend.to_float(backend.all_finite(state))):
+            return t
+    return None
 
 
 def solve_forward(
@@ -129,9 +123,9 @@ def solve_forward(
     if isinstance(solver, type):
         raise not_a_solver(solver)
     if isinstance(solver, IterativeSolver):
-        state, bad, obj = initial_state(problem, solver, meta, task, backend)
-        state, bad = run_steps(solver, state, obj, 0, solver.steps, bad)
-        return backend.stop_gradient(solver.params(state)), {"nonfinite_step": bad}
+        state, obj = initial_state(problem, solver, meta, task, backend)
+        state = run_steps(solver, state, obj, 0, solver.steps)
+        return backend.stop_gradient(solver.params(state)), {}
     if isinstance(solver, BlackBoxSolver):
         obj = objective(problem, meta, task, backend)
         phi, info = solver.solve(problem.init(meta, task), obj)

@@ -14,8 +14,8 @@ __all__ = ["Outcome", "Strategy"]
 class Outcome(NamedTuple):
     """One task's raw result: arrays only where the strategy is vectorised.
 
-    ``diag`` may hold ``nonfinite_step`` (0-d array, −1 if all finite), ``stationarity`` (0-d
-    array), ``linear`` (:class:`~bilevel.protocols.LinearInfo`) and ``solver``
+    ``diag`` may hold ``stationarity`` (0-d array), ``stationarity_tol`` (float), ``linear``
+    (:class:`~bilevel.protocols.LinearInfo`) and ``solver``
     (:class:`~bilevel.protocols.SolverInfo`).
     """
 

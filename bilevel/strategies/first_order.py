@@ -46,12 +46,11 @@ class FirstOrder(ReverseModeOfMap):
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
     ) -> tuple[AuxMap, dict[str, Any]]:
         params_k, found = solve_forward(problem, solver, meta, task, backend)
-        arrays = {k: v for k, v in found.items() if k == "nonfinite_step"}
         init0 = backend.stop_gradient(problem.init(backend.stop_gradient(meta), task))
 
         def fn(theta: Tree) -> tuple[Any, tuple[Tree, dict[str, Any]]]:
             shift = tree.sub(problem.init(theta, task), init0)
             params = tree.add(params_k, shift)
-            return outer_value(problem, params, theta, task), (params_k, arrays)
+            return outer_value(problem, params, theta, task), (params_k, {})
 
-        return fn, {k: v for k, v in found.items() if k not in arrays}
+        return fn, found

@@ -31,21 +31,19 @@ def unrolled_map(
     steps ``j … K−1`` and F.
     """
     it = require_iterative(solver, "the unrolled map")
-    prefix: tuple[Tree, Any] | None = None
+    prefix: Tree = None
     if frozen > 0:
         meta0 = backend.stop_gradient(meta)
-        state0, bad0, obj0 = initial_state(problem, it, meta0, task, backend)
-        state0, bad0 = run_steps(it, state0, obj0, 0, frozen, bad0)
-        prefix = (backend.stop_gradient(state0), bad0)
+        state0, obj0 = initial_state(problem, it, meta0, task, backend)
+        prefix = backend.stop_gradient(run_steps(it, state0, obj0, 0, frozen))
 
     def fn(theta: Tree) -> tuple[Any, tuple[Tree, dict[str, Any]]]:
-        if prefix is None:
-            state, bad, obj = initial_state(problem, it, theta, task, backend)
+        if frozen > 0:
+            state, obj = prefix, objective(problem, theta, task, backend)
         else:
-            (state, bad), obj = prefix, objective(problem, theta, task, backend)
-        state, bad = run_steps(it, state, obj, frozen, it.steps, bad)
-        params = it.params(state)
-        return outer_value(problem, params, theta, task), (params, {"nonfinite_step": bad})
+            state, obj = initial_state(problem, it, theta, task, backend)
+        params = it.params(run_steps(it, state, obj, frozen, it.steps))
+        return outer_value(problem, params, theta, task), (params, {})
 
     return fn
 
