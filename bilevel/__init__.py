@@ -3,7 +3,7 @@ hypergradient strategy each swappable.
 
 The public API::
 
-    Problem, hypergrad, Batch, Result, Info
+    Problem, hypergrad, solve, Batch, Result, Info
     Unrolled, Truncated, FirstOrder, Implicit, ForwardMode
     BilevelWarning, LinearSolveWarning, StationarityWarning, SolverWarning
 
@@ -17,7 +17,7 @@ from bilevel.diagnostics import (
     SolverWarning,
     StationarityWarning,
 )
-from bilevel.hypergrad import Batch, hypergrad
+from bilevel.hypergrad import Batch, hypergrad, solve
 from bilevel.problem import Problem
 from bilevel.result import Info, Result
 from bilevel.strategies import FirstOrder, ForwardMode, Implicit, Strategy, Truncated, Unrolled
@@ -40,4 +40,5 @@ __all__ = [
     "Truncated",
     "Unrolled",
     "hypergrad",
+    "solve",
 ]

@@ -11,10 +11,10 @@ from bilevel.backends.base import Backend, Tree
 from bilevel.diagnostics import info_of, issues_of, raise_nonfinite, warn, worst
 from bilevel.problem import Problem
 from bilevel.result import Info, Result
-from bilevel.strategies._common import first_nonfinite_step
+from bilevel.strategies._common import first_nonfinite_step, solve_forward, vectorizable
 from bilevel.strategies.base import Strategy
 
-__all__ = ["Batch", "hypergrad"]
+__all__ = ["Batch", "hypergrad", "solve"]
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,16 @@ def _take(batched: Tree, i: int) -> Tree:
     return tree.map(lambda x: x[i] if hasattr(x, "shape") else x, batched)
 
 
-def _check_inputs(problem: object, strategy: object, meta: Tree, backend: Backend) -> None:
+def _check_problem(problem: object, who: str) -> None:
     if not isinstance(problem, Problem):
         raise TypeError(
-            f"hypergrad: problem must be a bilevel.Problem, got {type(problem).__name__}; "
+            f"{who}: problem must be a bilevel.Problem, got {type(problem).__name__}; "
             "build one with Problem(init=..., inner_loss=..., outer_loss=...)"
         )
+
+
+def _check_inputs(problem: object, strategy: object, meta: Tree, backend: Backend) -> None:
+    _check_problem(problem, "hypergrad")
     if isinstance(strategy, type):
         raise TypeError(
             f"hypergrad: strategy={strategy.__name__} is a class; pass an instance, e.g. "
@@ -195,3 +199,51 @@ def hypergrad(
     warn([issues_of(i, d.get("stationarity_tol")) for i, d in zip(infos, task_diags, strict=True)])
     grad = tree.map(lambda g: g.mean(0), grads)
     return Result(values.mean(0), grad, params, worst(infos), infos, values)
+
+
+def solve(problem: Problem, solver: Any, meta: Tree, task: Tree) -> Tree:
+    """The inner solution φ_K at ``meta`` for one task or a :class:`Batch`, with no hypergradient.
+
+    What evaluation needs: adapted parameters on new tasks. A :class:`Batch` is vectorised with
+    the backend's ``vmap`` when the solver allows it, and the result has a leading task axis.
+    Unlike :func:`hypergrad` it does not raise on a non-finite inner solution: a diverging task
+    comes back non-finite, for the caller to count and exclude.
+
+    Args:
+        problem: the :class:`Problem` (``outer_loss`` is not used).
+        solver: the inner solver.
+        meta: the meta-parameters θ.
+        task: one task, or a :class:`Batch`.
+
+    Returns:
+        The inner parameters, structured as ``init`` returns them.
+
+    Raises:
+        TypeError: for a wrong problem or solver, or arrays of two frameworks.
+
+    Example:
+        >>> import torch, solvers
+        >>> from bilevel import Batch, Problem, solve
+        >>> p = Problem(init=lambda m, t: m,
+        ...             inner_loss=lambda w, m, t: ((w - t) ** 2).sum() / 2,
+        ...             outer_loss=lambda w, m, t: (w**2).sum())
+        >>> solve(p, solvers.GradientDescent(lr=0.5, steps=1), torch.tensor([0.0]),
+        ...       Batch(torch.tensor([[2.0], [4.0]]))).tolist()
+        [[1.0], [2.0]]
+    """
+    data = task.tasks if isinstance(task, Batch) else task
+    backend = backend_for(meta, data, what="solve")
+    _check_problem(problem, "solve")
+    meta, data = backend.untape(meta), backend.untape(data)
+
+    def one(t: Tree) -> Tree:
+        return solve_forward(problem, solver, meta, t, backend)[0]
+
+    if not isinstance(task, Batch):
+        return one(data)
+    batch = Batch(data)
+    n = batch.size()
+    if vectorizable(solver):
+        dims = tree.map(lambda x: 0 if backend.owns(x) else None, data)
+        return backend.vmap(one, in_dims=(dims,))(data)
+    return tree.map(lambda *ps: backend.stack(ps), *(one(batch.task(i)) for i in range(n)))
