@@ -444,7 +444,11 @@ def test_hypergrad_needs_a_strategy(strategy: Any) -> None:
 
 
 def test_hypergrad_with_a_strategy_class_instead_of_an_instance() -> None:
-    with pytest.raises(TypeError, match=r"hypergrad: strategy=Unrolled is a class; pass an instance, e\.g\. strategy=Unrolled\(\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"hypergrad: strategy=Unrolled is a class; pass an instance, "
+        r"e\.g\. strategy=Unrolled\(\)",
+    ):
         hypergrad(quadratic(), GD, META, TASK, strategy=Unrolled)  # type: ignore[arg-type]
 
 
@@ -463,7 +467,11 @@ def test_unrolled_with_something_that_is_not_a_solver(solver: Any) -> None:
     with pytest.raises(TypeError) as err:
         hypergrad(quadratic(), solver, META, TASK, strategy=Unrolled())
     assert "black-box" not in str(err.value)
-    expected = "is a class; pass an instance" if isinstance(solver, type) else "solver must be an inner solver"
+    expected = (
+        "is a class; pass an instance"
+        if isinstance(solver, type)
+        else "solver must be an inner solver"
+    )
     assert expected in str(err.value)
 
 
