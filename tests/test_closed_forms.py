@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _generators import rand, randn, rng, spd, spd_with
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,31 +47,6 @@ pytestmark = pytest.mark.filterwarnings("error::bilevel.BilevelWarning")
 
 F64 = torch.float64
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
-
-
-def _rng(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _randn(g: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=g, dtype=F64)
-
-
-def _rand(g: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.rand(tuple(shape), generator=g, dtype=F64)
-
-
-def _spd_with(g: torch.Generator, eig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random symmetric matrix with eigenvalues ``eig``, and its eigenvectors (columns)."""
-    q, _ = torch.linalg.qr(_randn(g, len(eig), len(eig)))
-    a = (q * eig) @ q.T
-    return (a + a.T) / 2, q
-
-
-def _spd(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
-    eig = lo + (hi - lo) * _rand(g, n)
-    eig[0], eig[-1] = lo, hi
-    return _spd_with(g, eig)[0]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -98,16 +74,16 @@ QUADRATIC = Problem(
 
 
 def quadratic(seed: int, n: int, m: int, lo: float = 1.0, hi: float = 3.0) -> tuple[Any, Any]:
-    g = _rng(seed)
+    g = rng(seed)
     task = {
-        "A": _spd(g, n, lo, hi),
-        "B": _randn(g, n, m),
-        "c": _randn(g, n),
-        "C": _randn(g, 3, n),
-        "d": _randn(g, 3),
-        "P": _randn(g, n, m),
+        "A": spd(g, n, lo, hi),
+        "B": randn(g, n, m),
+        "c": randn(g, n),
+        "C": randn(g, 3, n),
+        "d": randn(g, 3),
+        "P": randn(g, n, m),
     }
-    return _randn(g, m), task
+    return randn(g, m), task
 
 
 def implicit_closed_form(theta: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -250,24 +226,24 @@ def ridge_closed_form(
 
 
 def synthetic_ridge(seed: int, d: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    g = _rng(seed)
+    g = rng(seed)
     n = 4 * d
-    w_true = _randn(g, d)
-    x, xv = _randn(g, n, d), _randn(g, n, d)
+    w_true = randn(g, d)
+    x, xv = randn(g, n, d), randn(g, n, d)
     task = {
         "X": x,
-        "y": x @ w_true + 0.5 * _randn(g, n),
+        "y": x @ w_true + 0.5 * randn(g, n),
         "Xv": xv,
-        "yv": xv @ w_true + 0.5 * _randn(g, n),
+        "yv": xv @ w_true + 0.5 * randn(g, n),
     }
-    return -1 + 2 * _rand(g, d), task  # θ ∈ [−1, 1]^d
+    return -1 + 2 * rand(g, d), task  # θ ∈ [−1, 1]^d
 
 
 def _diabetes() -> dict[str, torch.Tensor]:
     sklearn_datasets = pytest.importorskip("sklearn.datasets")
     x_np, y_np = sklearn_datasets.load_diabetes(return_X_y=True)
     x, y = torch.tensor(x_np, dtype=F64), torch.tensor(y_np, dtype=F64)
-    perm = torch.randperm(len(y), generator=_rng(0))
+    perm = torch.randperm(len(y), generator=rng(0))
     x, y = x[perm], y[perm]
     half = len(y) // 2
     # Standardise with the training half's statistics (no validation leakage).
@@ -313,7 +289,7 @@ def test_ridge_synthetic_cg_exact_in_d_iterations(seed: int, d: int) -> None:
 def test_ridge_diabetes_cg_exact_in_d_iterations(seed: int) -> None:
     task = diabetes()
     assert task["X"].shape == (221, 10)
-    theta = -1 + 2 * _rand(_rng(seed), 10)  # e^θ ∈ [0.37, 2.7]: κ(H) ≲ 30
+    theta = -1 + 2 * rand(rng(seed), 10)  # e^θ ∈ [0.37, 2.7]: κ(H) ≲ 30
     _check_ridge_cg(theta, task)
 
 
@@ -332,7 +308,7 @@ def test_ridge_scipy_inner_solver_with_implicit(data: str, seed: int) -> None:
         theta, task = synthetic_ridge(seed, 6)
     else:
         task = diabetes()
-        theta = -1 + 2 * _rand(_rng(seed), 10)
+        theta = -1 + 2 * rand(rng(seed), 10)
     d = theta.shape[0]
     res = hypergrad(
         RIDGE,
@@ -376,13 +352,13 @@ def imaml_problem(lam: float) -> Problem:
 
 
 def imaml_data(seed: int, d: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    g = _rng(seed)
+    g = rng(seed)
     n = 3 * d
-    return _randn(g, d), {
-        "X": _randn(g, n, d),
-        "y": _randn(g, n),
-        "Xt": _randn(g, n, d),
-        "yt": _randn(g, n),
+    return randn(g, d), {
+        "X": randn(g, n, d),
+        "y": randn(g, n),
+        "Xt": randn(g, n, d),
+        "yt": randn(g, n),
     }
 
 
@@ -467,9 +443,9 @@ BACKEND = backend_for(torch.zeros(1))
 def test_cg_converges_at_first_iteration_on_an_eigenvector(
     seed: int, n: int, which: int, scale: float
 ) -> None:
-    g = _rng(seed)
-    eig = 0.5 + 4 * _rand(g, n)
-    a, q = _spd_with(g, eig)
+    g = rng(seed)
+    eig = 0.5 + 4 * rand(g, n)
+    a, q = spd_with(g, eig)
     j = which % n
     b = scale * q[:, j]
     x, info = solvers.CG(maxiter=50, tol=1e-10).solve(_op(a), b, backend=BACKEND)
@@ -493,12 +469,12 @@ def test_implicit_cg_first_iteration_convergence_is_exact(
     f = ½φᵀAφ − φᵀBθ, F = uᵀφ + E‖θ‖² with Au = λu: ∇_φF = u, v = u/λ, and the hypergradient
     is Bᵀu/λ + 2Eθ exactly.
     """
-    g = _rng(seed)
-    eig = 1 + 2 * _rand(g, n)
-    a, q = _spd_with(g, eig)
+    g = rng(seed)
+    eig = 1 + 2 * rand(g, n)
+    a, q = spd_with(g, eig)
     j = which % n
-    task = {"A": a, "B": _randn(g, n, m), "u": q[:, j]}
-    theta = _randn(g, m)
+    task = {"A": a, "B": randn(g, n, m), "u": q[:, j]}
+    theta = randn(g, m)
     problem = Problem(
         init=lambda th, t: torch.zeros(n, dtype=F64),
         inner_loss=lambda phi, th, t: 0.5 * phi @ (t["A"] @ phi) - phi @ (t["B"] @ th),
@@ -536,10 +512,10 @@ def _galerkin(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
 def _generic_system(seed: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A d×d SPD system with well-separated eigenvalues in [1, 4] and a right-hand side with
     every eigencomponent of size ≥ 0.5/√d: CG needs all d iterations."""
-    g = _rng(seed)
-    eig = 1 + 3 * (torch.arange(d, dtype=F64) + 0.25 + 0.5 * _rand(g, d)) / d
-    a, q = _spd_with(g, eig)
-    coef = (0.5 + 0.5 * _rand(g, d)) * torch.where(_rand(g, d) < 0.5, -1.0, 1.0)
+    g = rng(seed)
+    eig = 1 + 3 * (torch.arange(d, dtype=F64) + 0.25 + 0.5 * rand(g, d)) / d
+    a, q = spd_with(g, eig)
+    coef = (0.5 + 0.5 * rand(g, d)) * torch.where(rand(g, d) < 0.5, -1.0, 1.0)
     return a, q @ coef / math.sqrt(d)
 
 
@@ -582,9 +558,9 @@ def test_cg_exact_in_d_iterations_and_not_in_d_minus_1(seed: int, d: int) -> Non
 def test_implicit_cg_with_d_minus_1_iterations_warns_and_is_inexact(seed: int, d: int) -> None:
     """Through hypergrad: CG(maxiter=d) is exact on the d-dimensional iMAML system; maxiter=d−1
     is not, is reported as not converged, and warns."""
-    g = _rng(seed)
+    g = rng(seed)
     a, rhs = _generic_system(seed, d)
-    theta = _randn(g, d)
+    theta = randn(g, d)
     # Quadratic with Hessian a and ∇_φF(φ*) = rhs exactly: F = rhsᵀφ.
     problem = Problem(
         init=lambda th, t: th,

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 import torch
+from _generators import rand, randn, rng, spd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,27 +63,6 @@ seeds = st.integers(min_value=0, max_value=2**31 - 1)
 
 
 # --------------------------------------------------------------------------- generators
-
-
-def _rng(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _randn(g: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=g, dtype=F64)
-
-
-def _rand(g: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.rand(tuple(shape), generator=g, dtype=F64)
-
-
-def _spd(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
-    """A random symmetric matrix whose spectrum lies in [lo, hi] and touches both ends."""
-    q, _ = torch.linalg.qr(_randn(g, n, n))
-    eig = lo + (hi - lo) * _rand(g, n)
-    eig[0], eig[-1] = lo, hi
-    a = (q * eig) @ q.T
-    return (a + a.T) / 2
 
 
 def _steps_for(rate: float, target: float = 1e-15) -> int:
@@ -129,16 +109,16 @@ QUAD_IMPLICIT_STEPS = 40
 
 
 def quadratic_task(seed: int, n: int, m: int, p: int = 3) -> tuple[torch.Tensor, dict[str, Any]]:
-    g = _rng(seed)
+    g = rng(seed)
     task = {
-        "A": _spd(g, n, LO, HI),
-        "B": _randn(g, n, m),
-        "c": _randn(g, n),
-        "C": _randn(g, p, n),
-        "d": _randn(g, p),
-        "P": _randn(g, n, m),
+        "A": spd(g, n, LO, HI),
+        "B": randn(g, n, m),
+        "c": randn(g, n),
+        "C": randn(g, p, n),
+        "d": randn(g, p),
+        "P": randn(g, n, m),
     }
-    return _randn(g, m), task
+    return randn(g, m), task
 
 
 # (b) MLP with leaves of shapes (h, din), (h,), (h,), ().
@@ -167,18 +147,18 @@ def mlp_problem(lam: float) -> Problem:
 
 
 def mlp_data(seed: int, din: int, hidden: int) -> tuple[Tree, Tree]:
-    g = _rng(seed)
+    g = rng(seed)
     meta = {
-        "W1": 0.5 * _randn(g, hidden, din),
-        "b1": 0.3 * _randn(g, hidden),
-        "w2": 0.5 * _randn(g, hidden),
-        "b2": 0.3 * _randn(g),
+        "W1": 0.5 * randn(g, hidden, din),
+        "b1": 0.3 * randn(g, hidden),
+        "w2": 0.5 * randn(g, hidden),
+        "b2": 0.3 * randn(g),
     }
     task = {
-        "xs": _randn(g, 6, din),
-        "ys": _randn(g, 6),
-        "xq": _randn(g, 5, din),
-        "yq": _randn(g, 5),
+        "xs": randn(g, 6, din),
+        "ys": randn(g, 6),
+        "xq": randn(g, 5, din),
+        "yq": randn(g, 5),
     }
     return meta, task
 
@@ -215,11 +195,11 @@ def init_dependent_data(seed: int, n: int) -> tuple[Tree, Tree, float, float]:
 
     Hessian = e^s·I + XᵀX + ½·diag(sech²φ): between e^s and e^s + σ_max(X)² + ½.
     """
-    g = _rng(seed)
-    x = 0.5 * _randn(g, 2 * n, n) / math.sqrt(2 * n)
-    s = 0.5 + _rand(g)  # s ∈ [0.5, 1.5]
-    theta = {"w": _randn(g, n), "s": s}
-    task = {"X": x, "y": _randn(g, 2 * n), "z": _randn(g, n)}
+    g = rng(seed)
+    x = 0.5 * randn(g, 2 * n, n) / math.sqrt(2 * n)
+    s = 0.5 + rand(g)  # s ∈ [0.5, 1.5]
+    theta = {"w": randn(g, n), "s": s}
+    task = {"X": x, "y": randn(g, 2 * n), "z": randn(g, n)}
     mu = math.exp(float(s))
     big = mu + float(torch.linalg.matrix_norm(x, ord=2)) ** 2 + 0.5
     return theta, task, mu, big
@@ -241,11 +221,11 @@ RULE_IMPLICIT_STEPS = _steps_for(RULE_RATE)
 
 
 def rule_data(seed: int, n: int) -> tuple[Tree, Tree]:
-    g = _rng(seed)
-    m = _randn(g, n, n)
+    g = rng(seed)
+    m = randn(g, n, n)
     m = 0.3 * m / torch.linalg.matrix_norm(m, ord=2)
-    theta = {"a": _randn(g), "M": m, "b": _randn(g, n)}
-    return theta, {"x": _randn(g, n), "y": _randn(g, n)}
+    theta = {"a": randn(g), "M": m, "b": randn(g, n)}
+    return theta, {"x": randn(g, n), "y": randn(g, n)}
 
 
 # --------------------------------------------------------------------------- strategy menus
@@ -525,7 +505,7 @@ def _stack(tasks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 def quadratic_batch(seed: int, size: int, n: int, m: int) -> tuple[torch.Tensor, Batch, list]:
     tasks = [quadratic_task(seed + i, n, m)[1] for i in range(size)]
-    meta = _randn(_rng(seed + 10_000), m)
+    meta = randn(rng(seed + 10_000), m)
     return meta, Batch(_stack(tasks)), tasks
 
 
@@ -572,11 +552,11 @@ SCALAR = Problem(
 
 def scalar_data(seed: int, n: int) -> tuple[torch.Tensor, Tree, float, float]:
     """θ ∈ [0, 1], task, and the inner Hessian's spectrum bounds [e^θ, e^θ + σ_max(X)²]."""
-    g = _rng(seed)
-    x = 0.5 * _randn(g, n, n) / math.sqrt(n)
-    theta = _rand(g)
+    g = rng(seed)
+    x = 0.5 * randn(g, n, n) / math.sqrt(n)
+    theta = rand(g)
     big = math.exp(float(theta)) + float(torch.linalg.matrix_norm(x, ord=2)) ** 2
-    return theta, {"c": _randn(g, n), "X": x, "z": _randn(g, n)}, math.exp(float(theta)), big
+    return theta, {"c": randn(g, n), "X": x, "z": randn(g, n)}, math.exp(float(theta)), big
 
 
 @pytest.mark.parametrize("kind", UNROLLED_KINDS + IMPLICIT_KINDS)
