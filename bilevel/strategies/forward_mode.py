@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from bilevel import tree
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
 from bilevel.strategies._common import require_iterative, vectorizable
 from bilevel.strategies.base import Outcome
 from bilevel.strategies.unrolled import unrolled_map
+from bilevel.validate import count
 
 __all__ = ["ForwardMode"]
 
@@ -25,7 +27,16 @@ class ForwardMode:
 
     Each JVP carries tangents alongside the inner loop, so memory does not grow with K; time
     grows with ``dim θ``. The right choice when θ is a handful of scalars (a discount γ, a trace
-    λ, a learning rate) and the inner loop is long.
+    λ, a learning rate) and the inner loop is long. The JVPs are vectorised with the backend's
+    ``vmap``, ``chunk`` directions at a time (all at once by default): memory grows with the
+    chunk, never with K.
+
+    Args:
+        chunk: how many directions to push forward in one vectorised pass (≥ 1), or ``None``
+            for all of them.
+
+    Raises:
+        TypeError, ValueError: if ``chunk`` is not ``None`` or an int ≥ 1.
 
     Example:
         >>> import torch, solvers
@@ -38,6 +49,12 @@ class ForwardMode:
         >>> float(res.grad)
         0.5
     """
+
+    chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk is not None:
+            count(f"ForwardMode(chunk={self.chunk!r})", "chunk", self.chunk, 1)
 
     def validate(self, solver: object) -> None:
         require_iterative(solver, "ForwardMode()")
@@ -55,18 +72,36 @@ class ForwardMode:
             value, (params, diag) = fn(meta)
             return Outcome(value, meta, params, diag)
         eye = np.eye(n)
+        size = n if self.chunk is None else self.chunk
+
+        def push(rows: Any) -> tuple[Any, Any, Tree]:
+            value, deriv, (params, _) = backend.jvp(fn, (meta,), (unravel(rows),), has_aux=True)
+            return value, deriv, params
+
+        pushed = backend.vmap(push, in_dims=(0,))
         derivs: list[Any] = []
         value: Any = None
         params: Tree = None
-        diag: dict[str, Any] = {}
-        for i in range(n):
-            tangent = unravel(backend.from_numpy(eye[i], like=flat))
-            value, deriv, (params, diag) = backend.jvp(fn, (meta,), (tangent,), has_aux=True)
-            derivs.append(deriv)
-        return Outcome(value, unravel(backend.stack(derivs)), params, diag)
+        for start in range(0, n, size):
+            rows = backend.from_numpy(eye[start : start + size], like=flat)
+            values, chunk_derivs, chunk_params = pushed(rows)
+            derivs.append(chunk_derivs)
+            value, params = values[0], _first(chunk_params)
+        grad = unravel(derivs[0] if len(derivs) == 1 else _concat(backend, derivs))
+        return Outcome(value, grad, params, {})
 
     def reference(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
     ) -> Callable[[Tree], Any]:
         fn = unrolled_map(problem, solver, meta, task, backend, frozen=0)
         return lambda theta: fn(theta)[0]
+
+
+def _first(batched: Tree) -> Tree:
+    """Entry 0 along the leading axis of every leaf (the primal outputs repeat per direction)."""
+    return tree.map(lambda x: x[0], batched)
+
+
+def _concat(backend: Backend, parts: list[Any]) -> Any:
+    """Join chunks of directional derivatives along their leading axis."""
+    return backend.stack([row for part in parts for row in part])
