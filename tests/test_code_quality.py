@@ -47,7 +47,16 @@ def test_core_above_the_seam_never_imports_torch_or_jax(path: Path) -> None:
     assert not bad, f"{path.relative_to(ROOT)} imports {bad}; go through bilevel.backends"
 
 
-@pytest.mark.parametrize("path", _python_files(CORE), ids=lambda p: str(p.relative_to(ROOT)))
+# recipes and trainer compose the core with solvers (DESIGN.md): they may import solvers, and the
+# curated bilevel/__init__.py must not import them.
+COMPOSERS = {"recipes.py", "trainer.py"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _python_files(CORE) if p.name not in COMPOSERS],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
 def test_core_never_imports_solvers_at_module_level(path: Path) -> None:
     bad = [n for n in _imports(path, top_level_only=True) if n.split(".")[0] == "solvers"]
     assert not bad, f"{path.relative_to(ROOT)} imports {bad} at module level"
@@ -60,6 +69,12 @@ def test_solvers_import_only_the_leaf_modules_of_bilevel(path: Path) -> None:
         n for n in used if not any(n == ok or n.startswith(ok + ".") for ok in SOLVERS_MAY_IMPORT)
     }
     assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_package_init_does_not_import_the_composers() -> None:
+    used = _imports(CORE / "__init__.py", top_level_only=False)
+    bad = [n for n in used if n.split(".")[-1] in {c.removesuffix(".py") for c in COMPOSERS}]
+    assert not bad, f"bilevel/__init__.py imports {bad}; users import them explicitly"
 
 
 def test_importing_bilevel_imports_no_ad_framework() -> None:
