@@ -12,7 +12,7 @@ from bilevel.diagnostics import info_of, issues_of, raise_nonfinite, warn, worst
 from bilevel.problem import Problem
 from bilevel.result import Info, Result
 from bilevel.strategies._common import first_nonfinite_step, solve_forward, vectorizable
-from bilevel.strategies.base import Strategy
+from bilevel.strategies.base import Strategy, TwoPhase
 
 __all__ = ["Batch", "hypergrad", "solve"]
 
@@ -177,7 +177,23 @@ def hypergrad(
         values, grads, params, diags = backend.vmap(one, in_dims=(None, dims))(meta, data)
         task_diags = [_take(diags, i) for i in range(n)] if diags else [{}] * n
     else:
-        outs = [strategy.compute(problem, solver, meta, batch.task(i), backend) for i in range(n)]
+        if isinstance(strategy, TwoPhase) and vectorizable(solver):  # vmap the inner solves
+            dims = tree.map(lambda x: 0 if backend.owns(x) else None, data)
+
+            def inner(t: Tree) -> tuple[Tree, dict[str, Any]]:
+                return strategy.forward(problem, solver, meta, t, backend)
+
+            solved, found = backend.vmap(inner, in_dims=(dims,))(data)
+            outs = [
+                strategy.backward(
+                    problem, solver, meta, batch.task(i), _take(solved, i), _take(found, i), backend
+                )
+                for i in range(n)
+            ]
+        else:
+            outs = [
+                strategy.compute(problem, solver, meta, batch.task(i), backend) for i in range(n)
+            ]
         values = backend.stack([o.value for o in outs])
         grads = tree.map(lambda *gs: backend.stack(gs), *(o.grad for o in outs))
         params = tree.map(lambda *ps: backend.stack(ps), *(o.params for o in outs))

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
 
-__all__ = ["Outcome", "Strategy"]
+__all__ = ["AuxMap", "Outcome", "ReverseModeOfMap", "Strategy", "TwoPhase"]
 
 
 class Outcome(NamedTuple):
@@ -51,6 +51,35 @@ class Strategy(Protocol):
         Evaluating it needs no gradient; :func:`bilevel.testing.check_hypergrad` takes finite
         differences of it.
         """
+        ...
+
+
+@runtime_checkable
+class TwoPhase(Protocol):
+    """A strategy whose work splits into a vectorisable inner solve and a per-task rest.
+
+    For a :class:`~bilevel.Batch` that the strategy cannot ``vmap`` as a whole, ``hypergrad``
+    still maps :meth:`forward` over the tasks (when the solver allows it) and loops only
+    :meth:`backward`; ``compute`` must equal ``backward(forward(...))``.
+    """
+
+    def forward(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> tuple[Tree, dict[str, Any]]:
+        """The inner solution and array diagnostics; must run under the backend's ``vmap``."""
+        ...
+
+    def backward(
+        self,
+        problem: Problem,
+        solver: Any,
+        meta: Tree,
+        task: Tree,
+        params: Tree,
+        found: dict[str, Any],
+        backend: Backend,
+    ) -> Outcome:
+        """The rest of :meth:`Strategy.compute`, from the inner solution ``params``."""
         ...
 
 

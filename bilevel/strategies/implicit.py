@@ -130,8 +130,27 @@ class Implicit:
     def compute(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
     ) -> Outcome:
+        params, found = self.forward(problem, solver, meta, task, backend)
+        return self.backward(problem, solver, meta, task, params, found, backend)
+
+    def forward(
+        self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
+    ) -> tuple[Tree, dict[str, Any]]:
+        """The inner solution φ* (no gradient path); vectorisable when the solver is."""
+        return solve_forward(problem, solver, meta, task, backend)
+
+    def backward(
+        self,
+        problem: Problem,
+        solver: Any,
+        meta: Tree,
+        task: Tree,
+        params: Tree,
+        found: dict[str, Any],
+        backend: Backend,
+    ) -> Outcome:
+        """The implicit hypergradient at φ* = ``params`` (the linear solve needs the host)."""
         meta0 = backend.stop_gradient(meta)
-        params, diag = solve_forward(problem, solver, meta, task, backend)
 
         def outer(p: Tree, m: Tree) -> Any:
             return outer_value(problem, p, m, task)
@@ -143,7 +162,11 @@ class Implicit:
         v, linear_info = self.linear.solve(operator, g_params, backend=backend)
         _, vjp_meta = backend.vjp(lambda m: gmap(params, m), meta)
         grad = tree.sub(g_meta, vjp_meta(v)[0])
-        diag = {**diag, "stationarity": tree.vdot(residual, residual) ** 0.5, "linear": linear_info}
+        diag = {
+            **found,
+            "stationarity": tree.vdot(residual, residual) ** 0.5,
+            "linear": linear_info,
+        }
         diag["stationarity_tol"] = self.stationarity_tol
         return Outcome(value, grad, params, diag)
 
