@@ -8,9 +8,9 @@ BIN = $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= test,interop,examples,dev
 SRC = bilevel solvers
-LINT_PATHS = bilevel solvers tests examples
+LINT_PATHS = bilevel solvers tests examples benchmarks
 
-.PHONY: install test demo lint typecheck clean
+.PHONY: install test demo lint typecheck clean bench
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/maml_sinusoid_demo.py
+
+# MAML meta-gradient: bilevel vs higher, torchopt and torch.func; writes
+# benchmarks/results/maml_cpu.md.  BENCH_ARGS=--quick for a smoke run.
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/maml.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check $(LINT_PATHS)
