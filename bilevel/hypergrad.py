@@ -60,6 +60,11 @@ class Batch:
         return _take(self.tasks, i)
 
 
+def _task_axes(data: Tree, backend: Backend) -> Tree:
+    """``vmap`` in_dims for a batch: axis 0 of every array leaf; other leaves are shared."""
+    return tree.map(lambda x: 0 if backend.owns(x) else None, data)
+
+
 def _take(batched: Tree, i: int) -> Tree:
     """Entry ``i`` along the leading axis of every array leaf; other leaves unchanged."""
     return tree.map(lambda x: x[i] if hasattr(x, "shape") else x, batched)
@@ -169,7 +174,7 @@ def hypergrad(
     batch = Batch(data)
     n = batch.size()
     if strategy.vectorizable(solver):
-        dims = tree.map(lambda x: 0 if backend.owns(x) else None, data)
+        dims = _task_axes(data, backend)
 
         def one(m: Tree, t: Tree) -> tuple[Any, Tree, Tree, dict[str, Any]]:
             return tuple(strategy.compute(problem, solver, m, t, backend))  # type: ignore[return-value]
@@ -178,7 +183,7 @@ def hypergrad(
         task_diags = [_take(diags, i) for i in range(n)] if diags else [{}] * n
     else:
         if isinstance(strategy, TwoPhase) and vectorizable(solver):  # vmap the inner solves
-            dims = tree.map(lambda x: 0 if backend.owns(x) else None, data)
+            dims = _task_axes(data, backend)
 
             def inner(t: Tree) -> tuple[Tree, dict[str, Any]]:
                 return strategy.forward(problem, solver, meta, t, backend)
@@ -260,6 +265,6 @@ def solve(problem: Problem, solver: Any, meta: Tree, task: Tree) -> Tree:
     batch = Batch(data)
     n = batch.size()
     if vectorizable(solver):
-        dims = tree.map(lambda x: 0 if backend.owns(x) else None, data)
+        dims = _task_axes(data, backend)
         return backend.vmap(one, in_dims=(dims,))(data)
     return tree.map(lambda *ps: backend.stack(ps), *(one(batch.task(i)) for i in range(n)))
