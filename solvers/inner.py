@@ -8,7 +8,6 @@ differentiate or vectorise them.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import scipy.optimize
 from bilevel import tree
 from bilevel.protocols import InnerObjective, SolverInfo
 from bilevel.validate import count, nonnegative, positive
+from solvers.optim import update
 
 __all__ = ["GradientDescent", "Optimizer", "Scipy", "UpdateRule"]
 
@@ -133,23 +133,15 @@ class Optimizer:
 
     @property
     def vectorizable(self) -> bool:
-        """``False``: transforms may update their state in place (torchopt's do), which ``vmap``
-        rejects, so a :class:`~bilevel.Batch` is looped over tasks (with the same result)."""
-        return False
+        """The transform's own ``vectorizable`` attribute (``True`` for :class:`solvers.SGD` and
+        :class:`solvers.Adam`), else ``False``: foreign transforms may update their state in place
+        (torchopt's do), which ``vmap`` rejects, so a :class:`~bilevel.Batch` is looped over
+        tasks (with the same result)."""
+        return getattr(self.transform, "vectorizable", False) is True
 
     def __post_init__(self) -> None:
         _check_transform(self.transform)
         count(f"Optimizer(steps={self.steps!r})", "steps", self.steps, 0)
-
-    def _update(self, grads: Tree, state: Tree, params: Tree) -> tuple[Tree, Tree]:
-        update = self.transform.update
-        try:
-            takes_inplace = "inplace" in inspect.signature(update).parameters
-        except (TypeError, ValueError):
-            takes_inplace = False
-        if takes_inplace:
-            return update(grads, state, params=params, inplace=False)
-        return update(grads, state, params)
 
     def init(self, params: Tree, objective: InnerObjective) -> Tree:
         return params, self.transform.init(params)
@@ -157,7 +149,7 @@ class Optimizer:
     def step(self, state: Tree, objective: InnerObjective) -> Tree:
         params, opt_state = state
         _, g = objective.value_and_grad(params)
-        updates, opt_state = self._update(g, opt_state, params)
+        updates, opt_state = update(self.transform, g, opt_state, params)
         return tree.add(params, updates), opt_state
 
     def params(self, state: Tree) -> Tree:

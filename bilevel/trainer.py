@@ -1,0 +1,242 @@
+r"""The outer loop: sample a meta-batch, take its hypergradient, step an outer optimizer, record.
+
+.. math:: θ_{s+1} = θ_s + \mathrm{update}\big(∇_θ F(θ_s; \mathcal{B}_s)\big), \qquad
+          \mathcal{B}_s = \mathrm{tasks}(s), \quad s = 0, …, S − 1
+
+where ``F`` is the configuration's outer objective (the mean over a :class:`~bilevel.Batch`,
+whose tasks :func:`bilevel.hypergrad` vectorises) and ``update`` any optax-style gradient
+transformation (``solvers.Adam``, ``solvers.SGD``, ``torchopt.adam``, ``optax.adam``, …).
+A :class:`History` keeps the outer loss of every step and the metrics of ``evaluate``;
+``History.plot`` draws them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from bilevel import tree
+from bilevel.backends import backend_for
+from bilevel.hypergrad import hypergrad
+from bilevel.recipes import Config
+from bilevel.result import Result
+from bilevel.validate import count
+from solvers import optim
+
+__all__ = ["History", "Trained", "fit"]
+
+Tree = Any
+OUTER_LOSS = "outer_loss"
+
+
+class History:
+    """Named series of ``(step, value)`` pairs: ``"outer_loss"`` and the evaluated metrics.
+
+    Example:
+        >>> h = History()
+        >>> h.record("accuracy", 0, 0.2); h.record("accuracy", 100, 0.9)
+        >>> h.series("accuracy"), h.last("accuracy"), h.names
+        (([0, 100], [0.2, 0.9]), 0.9, ['accuracy'])
+    """
+
+    def __init__(self) -> None:
+        self._series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def record(self, name: str, step: int, value: float) -> None:
+        """Append ``value`` at ``step`` to the series ``name``."""
+        steps, values = self._series.setdefault(name, ([], []))
+        steps.append(step)
+        values.append(float(value))
+
+    @property
+    def names(self) -> list[str]:
+        """The recorded series, in the order they first appeared."""
+        return list(self._series)
+
+    def series(self, name: str) -> tuple[list[int], list[float]]:
+        """``(steps, values)`` of ``name`` (copies).
+
+        Raises:
+            KeyError: naming the recorded series, if ``name`` is not one of them.
+        """
+        if name not in self._series:
+            raise KeyError(f"History.series: no series {name!r}; recorded: {self.names}")
+        steps, values = self._series[name]
+        return list(steps), list(values)
+
+    def last(self, name: str) -> float:
+        """The latest value of ``name``."""
+        return self.series(name)[1][-1]
+
+    def __repr__(self) -> str:
+        parts = [f"{k}: {len(v[1])} points, last {v[1][-1]:.4g}" for k, v in self._series.items()]
+        return f"History({'; '.join(parts)})"
+
+    def plot(self, path: str | Path, names: list[str] | None = None, *, smooth: int = 1) -> Path:
+        """Save one panel per series (``names``: all by default) to ``path``; return the path.
+
+        Args:
+            path: the image file (its suffix picks the format).
+            names: the series to draw.
+            smooth: a trailing moving-average window over the outer loss (1: raw values).
+
+        Raises:
+            ImportError: if matplotlib is missing (``pip install bilevel[examples]``).
+            KeyError: for an unknown name.
+        """
+        count("History.plot", "smooth", smooth, 1)
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "History.plot needs matplotlib: pip install 'bilevel[examples]'"
+            ) from e
+        chosen = self.names if names is None else names
+        fig = Figure(figsize=(4.5 * max(len(chosen), 1), 3.4), layout="constrained")
+        axes = fig.subplots(1, max(len(chosen), 1), squeeze=False)[0]
+        for ax, name in zip(axes, chosen, strict=False):
+            steps, values = self.series(name)
+            ax.plot(steps, values, lw=0.6 if smooth > 1 and name == OUTER_LOSS else 1.2, alpha=0.8)
+            if smooth > 1 and name == OUTER_LOSS and len(values) >= smooth:
+                means = [
+                    sum(values[i - smooth : i]) / smooth for i in range(smooth, len(values) + 1)
+                ]
+                ax.plot(steps[smooth - 1 :], means, lw=1.6, label=f"mean of {smooth}")
+                ax.legend()
+            ax.set_title(name)
+            ax.set_xlabel("outer step")
+            ax.grid(alpha=0.3)
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+        return out
+
+
+class Trained(NamedTuple):
+    """What :func:`fit` returns: the final meta-parameters and the :class:`History`."""
+
+    meta: Tree
+    history: History
+
+
+def _check(config: object, tasks: object, optimizer: object, evaluate: object, cb: object) -> None:
+    if not isinstance(config, Config):
+        raise TypeError(
+            f"fit: config must be a bilevel.recipes.Config(problem, solver, strategy), got "
+            f"{config!r}; e.g. recipes.maml(predict, loss, lr=0.01, steps=1)"
+        )
+    if not callable(tasks):
+        raise TypeError(f"fit: tasks must be a function step -> task or Batch, got {tasks!r}")
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise TypeError(
+            f"fit: optimizer must have init(params) and update(grads, state, params), got "
+            f"{optimizer!r}; e.g. solvers.Adam(lr=1e-3) or torchopt.adam(1e-3)"
+        )
+    for name, fn in (("evaluate", evaluate), ("callback", cb)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"fit: {name} must be callable or None, got {fn!r}")
+
+
+def _apply(optimizer: Any, grads: Tree, state: Any, meta: Tree) -> tuple[Tree, Any]:
+    updates, state = optim.update(optimizer, grads, state, meta)
+    return tree.add(meta, updates), state
+
+
+def fit(
+    config: Config,
+    meta: Tree,
+    tasks: Callable[[int], Any],
+    *,
+    optimizer: Any,
+    steps: int,
+    evaluate: Callable[[Tree], Mapping[str, float]] | None = None,
+    every: int = 0,
+    callback: Callable[[int, Tree, Result], None] | None = None,
+    progress: bool = True,
+    desc: str = "meta-training",
+) -> Trained:
+    """Run ``steps`` outer steps of ``optimizer`` on the hypergradient of ``config``.
+
+    Args:
+        config: ``Config(problem, solver, strategy)``, e.g. from :mod:`bilevel.recipes`.
+        meta: the initial meta-parameters (a pytree; never modified in place).
+        tasks: ``step -> task`` or ``step -> Batch(tasks)``, the meta-batch of step ``step``.
+        optimizer: an optax-style transformation: ``init(params)``,
+            ``update(grads, state, params) -> (updates, state)``.
+        steps: the number of outer steps S ≥ 0.
+        evaluate: ``meta -> {name: value}``, recorded before the first step and every
+            ``every`` steps (``every=0``: only after the last step), and after the last step.
+        every: the evaluation interval, ≥ 0.
+        callback: ``(step, meta, result)`` after each step, with the meta-parameters that
+            ``result`` was computed at (e.g. to carry an agent's adapted parameters forward).
+        progress: show a tqdm progress bar with the running outer loss.
+        desc: the progress bar's label.
+
+    Returns:
+        ``Trained(meta, history)``; ``history.series("outer_loss")`` holds the value of the
+        outer objective at each step's meta-parameters (before that step's update).
+
+    Raises:
+        TypeError / ValueError: for ill-typed arguments (naming the fix).
+        RuntimeError: from :func:`bilevel.hypergrad` if a hypergradient is not finite.
+
+    Example:
+        >>> import torch
+        >>> import solvers
+        >>> from bilevel import recipes
+        >>> from bilevel.trainer import fit
+        >>> cfg = recipes.maml(lambda p, x: p["w"] * x, lambda p, y: ((p - y) ** 2).mean(),
+        ...                    lr=0.1, steps=1)
+        >>> x = torch.linspace(-1, 1, 8)
+        >>> task = recipes.FewShot(x, 3 * x, x, 3 * x)
+        >>> out = fit(cfg, {"w": torch.tensor(0.0)}, lambda step: task,
+        ...           optimizer=solvers.SGD(lr=0.5), steps=50, progress=False)
+        >>> out.history.series("outer_loss")[1][0] > 1.0 > 1e-6 > out.history.last("outer_loss")
+        True
+    """
+    _check(config, tasks, optimizer, evaluate, callback)
+    count("fit", "steps", steps, 0)
+    count("fit", "every", every, 0)
+    backend = backend_for(meta, what="fit")
+    meta = backend.untape(meta)
+    history = History()
+    state = optimizer.init(meta)
+
+    def record_metrics(step: int) -> None:
+        if evaluate is not None:
+            for name, value in evaluate(meta).items():
+                history.record(name, step, float(value))
+
+    if every and steps:
+        record_metrics(0)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=desc, dynamic_ncols=True)
+    running = math.nan
+    try:
+        for step in range(steps):
+            result = hypergrad(
+                config.problem, config.solver, meta, tasks(step), strategy=config.strategy
+            )
+            loss = backend.to_float(result.value)
+            history.record(OUTER_LOSS, step, loss)
+            if callback is not None:
+                callback(step, meta, result)
+            meta, state = _apply(optimizer, result.grad, state, meta)
+            running = loss if math.isnan(running) else 0.98 * running + 0.02 * loss
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"outer loss {running:.4g}", refresh=False)
+            if every and (step + 1) % every == 0 and step + 1 < steps:
+                record_metrics(step + 1)
+    finally:
+        if bar is not None:
+            bar.close()
+    record_metrics(steps)
+    return Trained(meta, history)

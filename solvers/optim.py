@@ -1,0 +1,150 @@
+r"""Gradient transformations (optax-style), pure and backend-neutral: outer or inner optimizers.
+
+Each is a frozen dataclass with ``init(params) -> state`` and
+``update(grads, state, params=None) -> (updates, state)``; apply with ``params + updates``
+(:func:`bilevel.tree.add`). The state is a pytree of the parameters' own arrays plus a Python
+step count, so the same object drives ``bilevel.trainer.fit`` (outer loop) and
+``solvers.Optimizer`` (inner loop, where it may be differentiated through and vectorised over a
+:class:`~bilevel.Batch`: nothing is updated in place). The arithmetic is written with the
+arrays' operators, so torch tensors and JAX arrays both work.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from bilevel import tree
+from bilevel.validate import nonnegative, positive
+
+__all__ = ["SGD", "Adam", "AdamState", "SGDState", "update"]
+
+Tree = Any
+
+
+class SGDState(NamedTuple):
+    """The momentum buffer ``m`` (``None`` without momentum)."""
+
+    momentum: Tree
+
+
+class AdamState(NamedTuple):
+    """The step count ``t`` and the moment estimates ``m`` and ``v``."""
+
+    step: int
+    mu: Tree
+    nu: Tree
+
+
+def update(transform: Any, grads: Tree, state: Any, params: Tree) -> tuple[Tree, Any]:
+    """``transform.update(grads, state, params)``, out of place: a transformation whose
+    ``update`` takes ``inplace`` (torchopt's) is called with ``inplace=False``, so neither its
+    state nor a meta-gradient through it is cut."""
+    try:
+        takes_inplace = "inplace" in inspect.signature(transform.update).parameters
+    except (TypeError, ValueError):
+        takes_inplace = False
+    if takes_inplace:
+        return transform.update(grads, state, params=params, inplace=False)
+    return transform.update(grads, state, params)
+
+
+def _zeros(params: Tree) -> Tree:
+    return tree.map(lambda x: x * 0, params)
+
+
+@dataclass(frozen=True)
+class SGD:
+    r"""Stochastic gradient descent with optional heavy-ball momentum.
+
+    .. math:: m_{t+1} = μ m_t + g_t, \qquad u_t = −η\, m_{t+1} \quad (μ = 0: u_t = −η g_t)
+
+    Args:
+        lr: the step size η > 0.
+        momentum: μ ∈ [0, 1).
+
+    Raises:
+        TypeError / ValueError: for a non-numeric, non-positive ``lr`` or ``momentum`` ∉ [0, 1).
+
+    Example:
+        >>> import torch
+        >>> from solvers import SGD
+        >>> opt = SGD(lr=0.5)
+        >>> params = {"w": torch.tensor(1.0)}
+        >>> updates, state = opt.update({"w": torch.tensor(2.0)}, opt.init(params))
+        >>> float(updates["w"])
+        -1.0
+    """
+
+    lr: float
+    momentum: float = 0.0
+
+    vectorizable = True  # pure: solvers.Optimizer may vmap it over a Batch
+
+    def __post_init__(self) -> None:
+        positive(f"SGD(lr={self.lr!r})", "lr", self.lr, "SGD(lr=0.1)")
+        nonnegative(f"SGD(momentum={self.momentum!r})", "momentum", self.momentum, "0.9")
+        if self.momentum >= 1:
+            raise ValueError(f"SGD(momentum={self.momentum!r}): momentum must be < 1, e.g. 0.9")
+
+    def init(self, params: Tree) -> SGDState:
+        return SGDState(_zeros(params) if self.momentum else None)
+
+    def update(self, grads: Tree, state: SGDState, params: Tree = None) -> tuple[Tree, SGDState]:
+        if not self.momentum:
+            return tree.scale(-self.lr, grads), state
+        m = tree.axpy(self.momentum, state.momentum, grads)
+        return tree.scale(-self.lr, m), SGDState(m)
+
+
+@dataclass(frozen=True)
+class Adam:
+    r"""Adam (Kingma & Ba 2015), with bias correction.
+
+    .. math:: m_t = β_1 m_{t−1} + (1−β_1) g_t, \quad v_t = β_2 v_{t−1} + (1−β_2) g_t^2, \quad
+              u_t = −η\, \frac{m_t / (1 − β_1^t)}{\sqrt{v_t / (1 − β_2^t)} + ε}
+
+    Args:
+        lr: the step size η > 0.
+        b1, b2: the moment decay rates, in [0, 1).
+        eps: ε > 0, added to the denominator.
+
+    Raises:
+        TypeError / ValueError: for a non-numeric or out-of-range hyperparameter.
+
+    Example:
+        >>> import torch
+        >>> from solvers import Adam
+        >>> opt = Adam(lr=0.1)
+        >>> updates, _ = opt.update(torch.tensor([3.0, -0.5]), opt.init(torch.zeros(2)))
+        >>> [round(u, 4) for u in updates.tolist()]  # the first step is −η·sign(g)
+        [-0.1, 0.1]
+    """
+
+    lr: float
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    vectorizable = True  # pure: solvers.Optimizer may vmap it over a Batch
+
+    def __post_init__(self) -> None:
+        positive(f"Adam(lr={self.lr!r})", "lr", self.lr, "Adam(lr=1e-3)")
+        positive(f"Adam(eps={self.eps!r})", "eps", self.eps, "1e-8")
+        for name in ("b1", "b2"):
+            value = getattr(self, name)
+            nonnegative(f"Adam({name}={value!r})", name, value, "0.9")
+            if value >= 1:
+                raise ValueError(f"Adam({name}={value!r}): {name} must be < 1, e.g. 0.999")
+
+    def init(self, params: Tree) -> AdamState:
+        return AdamState(0, _zeros(params), _zeros(params))
+
+    def update(self, grads: Tree, state: AdamState, params: Tree = None) -> tuple[Tree, AdamState]:
+        t = state.step + 1
+        mu = tree.map(lambda m, g: self.b1 * m + (1 - self.b1) * g, state.mu, grads)
+        nu = tree.map(lambda v, g: self.b2 * v + (1 - self.b2) * g * g, state.nu, grads)
+        c1, c2 = 1 - self.b1**t, 1 - self.b2**t
+        updates = tree.map(lambda m, v: -self.lr * (m / c1) / ((v / c2) ** 0.5 + self.eps), mu, nu)
+        return updates, AdamState(t, mu, nu)

@@ -1,0 +1,197 @@
+"""solvers.SGD / solvers.Adam against torch.optim and torchopt, and bilevel.trainer.fit against a
+hand-written outer loop. Tolerances: float64 throughout; the same arithmetic in another order
+differs by a few ulps per step, so 1e-12 relative over ≤ 20 steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torchopt
+
+import solvers
+from bilevel import Batch, Problem, Unrolled, hypergrad, recipes
+from bilevel.testing import check_hypergrad
+from bilevel.trainer import History, fit
+
+F64 = torch.float64
+
+
+def _quadratic(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(4, 4, generator=g, dtype=F64)
+    return a @ a.T + torch.eye(4, dtype=F64), torch.randn(4, generator=g, dtype=F64)
+
+
+def _run_ours(opt: Any, x0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n: int) -> torch.Tensor:
+    x, state = x0, opt.init(x0)
+    for _ in range(n):
+        updates, state = opt.update(a @ x - b, state, x)
+        x = x + updates
+    return x
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (solvers.SGD(lr=0.05), lambda p: torch.optim.SGD(p, lr=0.05)),
+        (solvers.SGD(lr=0.05, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+        (solvers.Adam(lr=0.1), lambda p: torch.optim.Adam(p, lr=0.1)),
+        (
+            solvers.Adam(lr=0.03, b1=0.5, b2=0.9, eps=1e-6),
+            lambda p: torch.optim.Adam(p, lr=0.03, betas=(0.5, 0.9), eps=1e-6),
+        ),
+    ],
+)
+def test_transforms_match_torch_optim(ours: Any, theirs: Any) -> None:
+    a, b = _quadratic(0)
+    x0 = torch.linspace(-1, 1, 4, dtype=F64)
+    p = x0.clone().requires_grad_()
+    opt = theirs([p])
+    for _ in range(20):
+        opt.zero_grad()
+        p.grad = (a @ p - b).detach()
+        opt.step()
+    torch.testing.assert_close(_run_ours(ours, x0, a, b, 20), p.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_bad_hyperparameters_name_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"SGD\(lr=0\).*positive"):
+        solvers.SGD(lr=0)
+    with pytest.raises(ValueError, match=r"momentum must be < 1"):
+        solvers.SGD(lr=0.1, momentum=1.0)
+    with pytest.raises(ValueError, match=r"b2 must be < 1"):
+        solvers.Adam(lr=0.1, b2=1.0)
+    with pytest.raises(TypeError, match=r"lr must be a number"):
+        solvers.Adam(lr="0.1")  # type: ignore[arg-type]
+
+
+def _problem() -> Problem:
+    """Inner: ½‖w − θ⊙x‖² + ½‖w‖²; outer: ½‖w − y‖² (θ enters the inner loss)."""
+
+    def inner(w: torch.Tensor, m: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> Any:
+        return 0.5 * ((w - m["theta"] * t["x"]) ** 2).sum() + 0.5 * (w**2).sum()
+
+    def outer(w: torch.Tensor, m: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> Any:
+        return 0.5 * ((w - t["y"]) ** 2).sum()
+
+    return Problem(init=lambda m, t: torch.zeros_like(t["x"]), inner_loss=inner, outer_loss=outer)
+
+
+def _tasks(n: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "x": torch.randn(n, 3, generator=g, dtype=F64),
+        "y": torch.randn(n, 3, generator=g, dtype=F64),
+    }
+
+
+def test_inner_adam_is_vectorised_and_matches_finite_differences() -> None:
+    problem = _problem()
+    solver = solvers.Optimizer(solvers.Adam(lr=0.1), steps=5)
+    assert solver.vectorizable and not solvers.Optimizer(torchopt.adam(0.1), steps=5).vectorizable
+    meta = {"theta": torch.tensor([0.3, -0.2, 0.5], dtype=F64)}
+    tasks = _tasks(4, 1)
+    batched = hypergrad(problem, solver, meta, Batch(tasks), strategy=Unrolled())
+    looped = [
+        hypergrad(problem, solver, meta, {k: v[i] for k, v in tasks.items()}, strategy=Unrolled())
+        for i in range(4)
+    ]
+    mean = torch.stack([r.grad["theta"] for r in looped]).mean(0)
+    torch.testing.assert_close(batched.grad["theta"], mean, rtol=1e-12, atol=1e-14)
+    check_hypergrad(problem, solver, meta, {k: v[0] for k, v in tasks.items()}, strategy=Unrolled())
+    # the same meta-gradient as torchopt's adam driven by the same solver, up to torchopt's
+    # float32 bias correction (1 − β^t from an int64 count: ~6e-8 relative per step, amplified
+    # by Adam's normalisation), hence 1e-4 rather than 1e-12
+    theirs = hypergrad(
+        problem,
+        solvers.Optimizer(torchopt.adam(0.1), steps=5),
+        meta,
+        Batch(tasks),
+        strategy=Unrolled(),
+    )
+    torch.testing.assert_close(batched.grad["theta"], theirs.grad["theta"], rtol=1e-4, atol=1e-8)
+
+
+def _config() -> recipes.Config:
+    return recipes.Config(_problem(), solvers.GradientDescent(lr=0.5, steps=3), Unrolled())
+
+
+@pytest.mark.parametrize("optimizer", [solvers.SGD(lr=0.3, momentum=0.5), solvers.Adam(lr=0.05)])
+def test_fit_equals_a_hand_written_outer_loop(optimizer: Any) -> None:
+    cfg, pool = _config(), _tasks(12, 2)
+
+    def tasks(step: int) -> Batch:
+        idx = torch.arange(3) + 3 * (step % 4)
+        return Batch({k: v[idx] for k, v in pool.items()})
+
+    meta0 = {"theta": torch.zeros(3, dtype=F64)}
+    seen: list[tuple[int, torch.Tensor]] = []
+    out = fit(
+        cfg,
+        meta0,
+        tasks,
+        optimizer=optimizer,
+        steps=8,
+        evaluate=lambda m: {"theta_norm": float(m["theta"].norm())},
+        every=3,
+        callback=lambda s, m, r: seen.append((s, m["theta"])),
+        progress=False,
+    )
+    meta, state, losses = meta0, optimizer.init(meta0), []
+    for step in range(8):
+        res = hypergrad(cfg.problem, cfg.solver, meta, tasks(step), strategy=cfg.strategy)
+        losses.append(float(res.value))
+        torch.testing.assert_close(seen[step][1], meta["theta"], rtol=0, atol=0)
+        updates, state = optimizer.update(res.grad, state, meta)
+        meta = {"theta": meta["theta"] + updates["theta"]}
+    torch.testing.assert_close(out.meta["theta"], meta["theta"], rtol=1e-12, atol=1e-14)
+    assert out.history.series("outer_loss") == (list(range(8)), losses)
+    steps, norms = out.history.series("theta_norm")
+    assert steps == [0, 3, 6, 8] and norms[0] == 0.0
+    assert norms[-1] == pytest.approx(float(meta["theta"].norm()), rel=1e-12)
+    assert [s for s, _ in seen] == list(range(8))
+    assert float(meta0["theta"].abs().sum()) == 0.0  # the caller's meta is not modified
+
+
+def test_fit_with_torchopt_and_a_trainable_parameter_learns() -> None:
+    cfg, pool = _config(), _tasks(4, 3)
+    meta = {"theta": torch.nn.Parameter(torch.zeros(3, dtype=F64))}
+    out = fit(
+        cfg, meta, lambda s: Batch(pool), optimizer=torchopt.adam(0.05), steps=60, progress=False
+    )
+    _, losses = out.history.series("outer_loss")
+    assert losses[-1] < 0.9 * losses[0]
+    assert not out.meta["theta"].requires_grad  # no graph kept across outer steps
+    ours = fit(
+        cfg, meta, lambda s: Batch(pool), optimizer=solvers.Adam(0.05), steps=60, progress=False
+    )
+    # torchopt's bias correction is float32 (see above): 1e-4, not 1e-12
+    torch.testing.assert_close(ours.meta["theta"], out.meta["theta"], rtol=1e-4, atol=1e-8)
+
+
+def test_fit_rejects_bad_arguments() -> None:
+    cfg, task = _config(), {k: v[0] for k, v in _tasks(1, 0).items()}
+    meta = {"theta": torch.zeros(3, dtype=F64)}
+    with pytest.raises(TypeError, match=r"fit: config must be a bilevel.recipes.Config"):
+        fit(cfg.problem, meta, lambda s: task, optimizer=solvers.SGD(0.1), steps=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"fit: optimizer must have init"):
+        fit(cfg, meta, lambda s: task, optimizer=torch.optim.SGD, steps=1)
+    with pytest.raises(TypeError, match=r"fit: tasks must be a function"):
+        fit(cfg, meta, task, optimizer=solvers.SGD(0.1), steps=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"fit: steps=-1 must be >= 0"):
+        fit(cfg, meta, lambda s: task, optimizer=solvers.SGD(0.1), steps=-1)
+
+
+def test_history_plot_and_lookup(tmp_path: Path) -> None:
+    h = History()
+    for s in range(30):
+        h.record("outer_loss", s, 1.0 / (s + 1))
+    h.record("accuracy", 29, 0.9)
+    path = h.plot(tmp_path / "sub" / "h.png", smooth=5)
+    assert path.exists() and path.stat().st_size > 1000
+    with pytest.raises(KeyError, match=r"no series 'loss'; recorded: \['outer_loss', 'accuracy'\]"):
+        h.series("loss")
+    assert "outer_loss: 30 points" in repr(h)
