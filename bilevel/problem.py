@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bilevel.validate import callable_with
+
 __all__ = ["Problem"]
 
 Tree = Any
-
-
-def _check_callable(name: str, fn: object, nargs: int, signature: str) -> None:
-    if not callable(fn):
-        raise TypeError(
-            f"Problem: {name} must be a function {signature}, got {type(fn).__name__} ({fn!r})"
-        )
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # builtins without a signature: accept
-        return
-    try:
-        sig.bind(*range(nargs))
-    except TypeError:
-        raise TypeError(
-            f"Problem: {name} must accept {nargs} positional arguments {signature}, "
-            f"but its signature is {sig}"
-        ) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +30,8 @@ class Problem:
         init: ``(meta, task) -> params``, the inner parameters before the first inner step.
         outer_loss: ``(params, meta, task) -> scalar`` F, the objective of the outer level.
         inner_loss: ``(params, meta, task) -> scalar`` f, or ``None`` for solvers that need no
-            loss (a learned update rule).
+            loss (a learned update rule). For a TD-style loss whose targets depend on the
+            parameters, wrap it in :class:`~bilevel.SemiGradient` rather than detaching them.
 
     Raises:
         TypeError: if a field is not a function taking the stated number of arguments.
@@ -69,7 +53,9 @@ class Problem:
     inner_loss: Callable[[Tree, Tree, Tree], Any] | None = None
 
     def __post_init__(self) -> None:
-        _check_callable("init", self.init, 2, "(meta, task) -> params")
-        _check_callable("outer_loss", self.outer_loss, 3, "(params, meta, task) -> scalar")
+        callable_with("Problem", "init", self.init, 2, "(meta, task) -> params")
+        callable_with("Problem", "outer_loss", self.outer_loss, 3, "(params, meta, task) -> scalar")
         if self.inner_loss is not None:
-            _check_callable("inner_loss", self.inner_loss, 3, "(params, meta, task) -> scalar")
+            callable_with(
+                "Problem", "inner_loss", self.inner_loss, 3, "(params, meta, task) -> scalar"
+            )

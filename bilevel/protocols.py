@@ -8,6 +8,9 @@ This module depends on nothing but :mod:`bilevel.backends` (for the :class:`Back
 - :class:`BlackBoxSolver`: returns an approximate minimiser without a differentiable path
   (``Scipy``); only ``FirstOrder`` and ``Implicit`` apply.
 - :class:`LinearSolver`: solves ``A x = b`` for a :class:`LinearOperator` given by its matvec.
+- :class:`SemiGradient`: an inner loss whose gradient holds its targets fixed (TD learning);
+  :class:`InnerObjective` is the one place an inner gradient is taken, so every solver and
+  strategy sees the semi-gradient.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from bilevel.backends.base import Backend, Tree
+from bilevel.validate import callable_with
 
 __all__ = [
     "BlackBoxSolver",
@@ -25,8 +29,50 @@ __all__ = [
     "LinearInfo",
     "LinearOperator",
     "LinearSolver",
+    "SemiGradient",
     "SolverInfo",
 ]
+
+
+@dataclass(frozen=True)
+class SemiGradient:
+    r"""An inner loss whose gradient treats its targets as constants: TD-style semi-gradients.
+
+    .. math:: f(φ) = \ell(φ, φ, θ, τ), \qquad
+              \mathrm{grad}(φ) = ∂_1 \ell(φ, \bar φ, θ, τ)\big|_{\bar φ = φ}
+
+    The second argument ``targets`` receives the same inner parameters as the first; only the
+    *inner* gradient holds it fixed. Every strategy still differentiates the whole inner loop,
+    targets included, so the hypergradient stays exact. Do not write ``.detach()`` (or
+    ``stop_gradient``) on the parameters inside an inner loss instead: under ``torch.func`` and
+    JAX that also cuts the outer derivative through the earlier inner steps, and a hypergradient
+    through more than one step silently loses terms. The semi-gradient is not the gradient of
+    any loss in general, so ``Implicit`` treats its Jacobian as non-symmetric (use ``GMRES``,
+    ``Neumann`` or ``Direct``), and ``solvers.Scipy`` refuses it.
+
+    Args:
+        loss: ``(params, targets, meta, task) -> scalar``.
+
+    Raises:
+        TypeError: if ``loss`` does not take four positional arguments.
+
+    Example:
+        >>> import torch
+        >>> from bilevel.protocols import SemiGradient
+        >>> td = SemiGradient(lambda w, target, m, t: ((1 + 0.5 * target - w) ** 2).sum())
+        >>> td(torch.tensor(1.0), None, None)  # the value: ℓ(φ, φ)
+        tensor(0.2500)
+    """
+
+    loss: Callable[[Tree, Tree, Tree, Tree], Any]
+
+    def __post_init__(self) -> None:
+        callable_with(
+            "SemiGradient", "loss", self.loss, 4, "(params, targets, meta, task) -> scalar"
+        )
+
+    def __call__(self, params: Tree, meta: Tree, task: Tree) -> Any:
+        return self.loss(params, params, meta, task)
 
 
 @dataclass(frozen=True)
@@ -51,12 +97,15 @@ class InnerObjective:
         Raises:
             TypeError: if the problem has no inner loss, or the loss is not a 0-d array.
         """
-        if self.loss_fn is None:
+        return self._evaluate(self.loss_fn, params)
+
+    def _evaluate(self, fn: Callable[[Tree, Tree, Tree], Any] | None, params: Tree) -> Any:
+        if fn is None:
             raise TypeError(
                 "this inner solver needs the inner loss, but the Problem has inner_loss=None; "
                 "pass Problem(inner_loss=...) or use solvers.UpdateRule, which needs no loss"
             )
-        value = self.loss_fn(params, self.meta, self.task)
+        value = fn(params, self.meta, self.task)
         if getattr(value, "ndim", None) != 0:
             raise TypeError(
                 "Problem.inner_loss must return a 0-d array (a scalar), got "
@@ -66,8 +115,18 @@ class InnerObjective:
         return value
 
     def value_and_grad(self, params: Tree) -> tuple[Any, Tree]:
-        """``(f(params), ∇_params f(params))`` through the backend."""
-        result: tuple[Any, Tree] = self.backend.value_and_grad(self.loss)(params)
+        """``(f(params), ∇_params f(params))`` through the backend; for a :class:`SemiGradient`
+        loss the gradient holds the targets at ``params`` (constants for this gradient only)."""
+        fn = self.loss_fn
+        if isinstance(fn, SemiGradient):
+            targets = params
+
+            def partial(p: Tree) -> Any:
+                return self._evaluate(lambda q, m, t: fn.loss(q, targets, m, t), p)
+
+            result: tuple[Any, Tree] = self.backend.value_and_grad(partial)(params)
+            return result
+        result = self.backend.value_and_grad(self.loss)(params)
         return result
 
 

@@ -5,9 +5,10 @@ A leaf module (it imports nothing from bilevel), so the ``solvers`` package may 
 
 from __future__ import annotations
 
+import inspect
 import math
 
-__all__ = ["count", "nonnegative", "positive"]
+__all__ = ["callable_with", "count", "nonnegative", "positive"]
 
 
 def positive(who: str, name: str, value: object, example: str) -> None:
@@ -34,3 +35,22 @@ def count(who: str, name: str, value: object, minimum: int, hint: str = "") -> N
         )
     if value < minimum:
         raise ValueError(f"{who}: {name}={value} must be >= {minimum}{hint}")
+
+
+def callable_with(who: str, name: str, fn: object, nargs: int, signature: str) -> None:
+    """Raise ``TypeError`` unless ``fn`` is callable with ``nargs`` positional arguments."""
+    if not callable(fn):
+        raise TypeError(
+            f"{who}: {name} must be a function {signature}, got {type(fn).__name__} ({fn!r})"
+        )
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: accept
+        return
+    try:
+        sig.bind(*range(nargs))
+    except TypeError:
+        raise TypeError(
+            f"{who}: {name} must accept {nargs} positional arguments {signature}, "
+            f"but its signature is {sig}"
+        ) from None

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.optimize
 
 from bilevel import tree
-from bilevel.protocols import InnerObjective, SolverInfo
+from bilevel.protocols import InnerObjective, SemiGradient, SolverInfo
 from bilevel.validate import count, nonnegative, positive
 from solvers.optim import update
 
@@ -252,6 +252,12 @@ class Scipy:
         count(who, "maxiter", self.maxiter, 1)
 
     def solve(self, params: Tree, objective: InnerObjective) -> tuple[Tree, SolverInfo]:
+        if isinstance(objective.loss_fn, SemiGradient):
+            raise TypeError(
+                f"{self!r}: a SemiGradient inner loss has no minimiser for SciPy to find (its "
+                "gradient holds the targets fixed); use an iterative solver such as "
+                "solvers.GradientDescent, which follows the semi-gradient"
+            )
         backend = objective.backend
         flat, unravel = backend.ravel(params)
 

@@ -43,8 +43,8 @@ def _need_symmetric(who: str, op: LinearOperator) -> None:
     if not op.symmetric:
         raise ValueError(
             f"{who} needs a symmetric operator, but this system (the Jacobian of a fixed-point "
-            "map, used when the Problem has no inner_loss) is not symmetric in general; use "
-            "solvers.GMRES, solvers.Neumann or solvers.Direct"
+            "map when the Problem has no inner_loss, or of a SemiGradient) is not symmetric in "
+            "general; use solvers.GMRES, solvers.Neumann or solvers.Direct"
         )
 
 

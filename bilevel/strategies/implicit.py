@@ -10,9 +10,8 @@ from typing import Any
 from bilevel import tree
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
-from bilevel.protocols import LinearOperator, LinearSolver
+from bilevel.protocols import LinearOperator, LinearSolver, SemiGradient
 from bilevel.strategies._common import (
-    check_scalar,
     objective,
     outer_value,
     require_iterative,
@@ -31,7 +30,8 @@ def residual_map(
 ) -> tuple[ResidualMap, bool]:
     """The map ``G(φ, θ)`` whose zero defines φ*, and whether ``∂_φG`` is symmetric.
 
-    ``G = ∇_φ f`` (a symmetric Hessian) when the problem has an inner loss, else the fixed-point
+    ``G = ∇_φ f`` (a symmetric Hessian) when the problem has an inner loss (its semi-gradient,
+    non-symmetric, for a :class:`~bilevel.SemiGradient` loss), else the fixed-point
     residual ``G = φ − step(φ, θ)`` of a solver whose state is its parameters.
 
     Raises:
@@ -41,12 +41,10 @@ def residual_map(
     if inner is not None:
 
         def grad_map(p: Tree, m: Tree) -> Tree:
-            def f(q: Tree) -> Any:
-                return check_scalar(inner(q, m, task), "Problem.inner_loss")
+            return objective(problem, m, task, backend).value_and_grad(p)[1]
 
-            return backend.value_and_grad(f)(p)[1]
-
-        return grad_map, True
+        # a semi-gradient is not the gradient of a loss: its Jacobian is not symmetric
+        return grad_map, not isinstance(inner, SemiGradient)
 
     it = require_iterative(solver, "Implicit(...) on a Problem without inner_loss (fixed point)")
     state = it.init(params, objective(problem, params, task, backend))
