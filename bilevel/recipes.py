@@ -18,13 +18,24 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from bilevel import tree
+from bilevel.backends import backend_for
 from bilevel.problem import Problem
-from bilevel.protocols import BlackBoxSolver, IterativeSolver, LinearSolver
+from bilevel.protocols import BlackBoxSolver, IterativeSolver, LinearSolver, SemiGradient
 from bilevel.strategies import FirstOrder, Implicit, Strategy, Unrolled
-from bilevel.validate import positive
+from bilevel.validate import count, positive
 from solvers import CG, GradientDescent, UpdateRule
 
-__all__ = ["Config", "FewShot", "fomaml", "hyperparameters", "imaml", "maml", "synaptic_rule"]
+__all__ = [
+    "Config",
+    "FewShot",
+    "Trajectories",
+    "fomaml",
+    "hyperparameters",
+    "imaml",
+    "maml",
+    "metagradient_returns",
+    "synaptic_rule",
+]
 
 Tree = Any
 Predict = Callable[[Tree, Any], Any]
@@ -38,6 +49,14 @@ class FewShot(NamedTuple):
     y_support: Any
     x_query: Any
     y_query: Any
+
+
+class Trajectories(NamedTuple):
+    """A meta-gradient RL task: the trajectory τ the agent learns from and the next one, τ',
+    on which the update is judged (each whatever the ``value`` and ``returns`` functions read)."""
+
+    now: Any
+    next: Any
 
 
 @dataclass(frozen=True)
@@ -294,3 +313,71 @@ def synaptic_rule(
     _callables("synaptic_rule", rule=rule, predict=predict, loss=loss, init=init)
     _, query = _few_shot(predict, loss)
     return Config(Problem(init=init, outer_loss=query), UpdateRule(rule, steps), strategy)
+
+
+def metagradient_returns(
+    value: Callable[[Tree, Any], Any],
+    returns: Callable[[Tree, Any, Any], Any],
+    reference: Callable[[Any, Any], Any],
+    *,
+    init: Callable[[Tree, Trajectories], Tree],
+    lr: float,
+    steps: int = 1,
+) -> Config:
+    r"""Meta-gradient returns (Xu, van Hasselt & Silver 2018): learn the return's γ, λ, … (η).
+
+    .. math:: θ' = θ + α \sum_t \big(g_η(τ)_t − v_θ(S_t)\big) ∇_θ v_θ(S_t), \qquad
+              J'(η) = \tfrac12 \sum_t \big(g'(τ')_t − v_{θ'}(S'_t)\big)^2
+
+    The inner step is TD learning's semi-gradient: the return ``g_η`` bootstraps from values
+    that the inner gradient holds fixed (:class:`~bilevel.SemiGradient`) while the
+    meta-gradient still follows them through every inner step. The reference return ``g'``
+    (fixed γ', λ') is a constant of the meta-objective, as in the paper's ``∂J'/∂θ'``.
+
+    Args:
+        value: ``(params, trajectory) -> (T + 1,)`` values ``v(S_0) … v(S_T)``.
+        returns: ``(meta, trajectory, values) -> (T,)`` the targets g_η, e.g.
+            ``rl.lambda_returns(τ.rewards, values, sigmoid(meta["γ"]), sigmoid(meta["λ"]))``.
+        reference: ``(trajectory, values) -> (T,)`` the meta-objective's return g'.
+        init: ``(meta, task) -> params``, θ (e.g. the agent's current weights carried in the
+            task, or zeros).
+        lr: the inner step size α > 0.
+        steps: the number of inner semi-gradient steps on τ (the paper: 1).
+
+    Returns:
+        ``Config(Problem(init, inner=SemiGradient(TD loss on τ), outer=J' on τ'),
+        GradientDescent(α, steps), Unrolled())``; tasks are :class:`Trajectories`.
+
+    Raises:
+        TypeError: if a function is not callable; ValueError for a bad ``lr`` or ``steps``.
+
+    Example:
+        >>> import torch
+        >>> from bilevel import hypergrad, recipes, rl
+        >>> onehot = torch.cat([torch.eye(2), torch.zeros(1, 2)])  # S_0, S_1, terminal S_2
+        >>> cfg = recipes.metagradient_returns(
+        ...     value=lambda w, tau: onehot @ w,
+        ...     returns=lambda m, tau, v: rl.lambda_returns(tau, v, torch.sigmoid(m), 1.0),
+        ...     reference=lambda tau, v: rl.discounted_returns(tau, 1.0),
+        ...     init=lambda m, task: torch.zeros(2), lr=0.5)
+        >>> task = recipes.Trajectories(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0]))
+        >>> res = hypergrad(cfg.problem, cfg.solver, torch.tensor(0.0), task,
+        ...                 strategy=cfg.strategy)
+        >>> round(float(res.grad), 4)  # −½(1 − γ/2)·γ(1 − γ) at γ = ½: more γ, lower J'
+        -0.0938
+    """
+    _callables("metagradient_returns", value=value, returns=returns, reference=reference)
+    positive(f"metagradient_returns(lr={lr!r})", "lr", lr, "lr=0.1")
+    count("metagradient_returns", "steps", steps, 1)
+
+    def td(params: Tree, targets: Tree, meta: Tree, task: Trajectories) -> Any:
+        g = returns(meta, task.now, value(targets, task.now))
+        return ((g - value(params, task.now)[:-1]) ** 2).sum() / 2
+
+    def meta_objective(params: Tree, meta: Tree, task: Trajectories) -> Any:
+        v = value(params, task.next)
+        g = backend_for(v, what="metagradient_returns").stop_gradient(reference(task.next, v))
+        return ((g - v[:-1]) ** 2).sum() / 2
+
+    problem = Problem(init=init, inner_loss=SemiGradient(td), outer_loss=meta_objective)
+    return Config(problem, GradientDescent(lr=lr, steps=steps), Unrolled())
