@@ -12,7 +12,7 @@ from bilevel.diagnostics import info_of, issues_of, raise_nonfinite, warn, worst
 from bilevel.problem import Problem
 from bilevel.result import Info, Result
 from bilevel.strategies._common import first_nonfinite_step, solve_forward, vectorizable
-from bilevel.strategies.base import Strategy, TwoPhase
+from bilevel.strategies.base import ReverseModeOfMap, Strategy, TwoPhase
 
 __all__ = ["Batch", "hypergrad", "solve"]
 
@@ -173,13 +173,22 @@ def hypergrad(
 
     batch = Batch(data)
     n = batch.size()
+    mean_grad: Tree = None  # set when the gradient of the batch mean is taken directly
+    vmapped_one: Any = None  # then this recomputes the per-task ones, on the failure path only
     if strategy.vectorizable(solver):
         dims = _task_axes(data, backend)
 
         def one(m: Tree, t: Tree) -> tuple[Any, Tree, Tree, dict[str, Any]]:
             return tuple(strategy.compute(problem, solver, m, t, backend))  # type: ignore[return-value]
 
-        values, grads, params, diags = backend.vmap(one, in_dims=(None, dims))(meta, data)
+        if isinstance(strategy, ReverseModeOfMap):
+            values, mean_grad, params, diags = _grad_of_mean(
+                strategy, problem, solver, meta, data, dims, backend
+            )
+            grads = None
+            vmapped_one = backend.vmap(one, in_dims=(None, dims))
+        else:
+            values, grads, params, diags = backend.vmap(one, in_dims=(None, dims))(meta, data)
         task_diags = [_take(diags, i) for i in range(n)] if diags else [{}] * n
     else:
         if isinstance(strategy, TwoPhase) and vectorizable(solver):  # vmap the inner solves
@@ -204,7 +213,9 @@ def hypergrad(
         params = tree.map(lambda *ps: backend.stack(ps), *(o.params for o in outs))
         task_diags = [o.diag for o in outs]
     # One host synchronisation for the whole batch; per-task checks only on the failure path.
-    if not bool(backend.to_float(backend.all_finite((values, grads, params)))):
+    if not bool(backend.to_float(backend.all_finite((values, grads, mean_grad, params)))):
+        if grads is None:  # find the task: its own hypergradient, on the failure path only
+            values, grads, params, _ = vmapped_one(meta, data)
         for i in range(n):
             raise_nonfinite(
                 values[i],
@@ -215,11 +226,41 @@ def hypergrad(
                 backend,
                 where=f" (task {i})",
             )
+        raise RuntimeError(  # every task is finite, their mean is not: it overflowed
+            f"hypergrad: every task's hypergradient is finite but their mean over the batch of {n} "
+            f"is not (overflow) with {strategy!r}; rescale the outer loss"
+        )
     plain = Info(strategy=repr(strategy))
     infos = tuple(info_of(d, strategy, backend) if d else plain for d in task_diags)
     warn([issues_of(i, d.get("stationarity_tol")) for i, d in zip(infos, task_diags, strict=True)])
-    grad = tree.map(lambda g: g.mean(0), grads)
+    grad = mean_grad if mean_grad is not None else tree.map(lambda g: g.mean(0), grads)
     return Result(values.mean(0), grad, params, worst(infos), infos, values)
+
+
+def _grad_of_mean(
+    strategy: ReverseModeOfMap,
+    problem: Problem,
+    solver: Any,
+    meta: Tree,
+    data: Tree,
+    dims: Tree,
+    backend: Backend,
+) -> tuple[Any, Tree, Tree, dict[str, Any]]:
+    """``(values, ∇ mean(values), params, diags)``: reverse mode through the vmapped maps of
+    all tasks at once, so the backward pass accumulates one θ-sized gradient instead of one per
+    task (less memory than vmapping each task's gradient when θ enters the inner loop)."""
+
+    def per_task(m: Tree, t: Tree) -> tuple[Any, tuple[Tree, dict[str, Any]]]:
+        fn, found = strategy.map_with_aux(problem, solver, meta, t, backend)
+        value, (params, diag) = fn(m)
+        return value, (params, {**found, **diag})
+
+    def mean_map(m: Tree) -> tuple[Any, tuple[Any, Tree, dict[str, Any]]]:
+        values, (params, diags) = backend.vmap(per_task, in_dims=(None, dims))(m, data)
+        return values.mean(0), (values, params, diags)
+
+    (_, (values, params, diags)), grad = backend.value_and_grad(mean_map, has_aux=True)(meta)
+    return values, grad, params, diags
 
 
 def solve(problem: Problem, solver: Any, meta: Tree, task: Tree) -> Tree:
