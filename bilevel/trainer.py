@@ -121,6 +121,13 @@ class Trained(NamedTuple):
     history: History
 
 
+def _stateful(optimizer: object) -> bool:
+    """A ``torch.optim``-style optimizer: it owns its tensors and steps them in place."""
+    return all(callable(getattr(optimizer, a, None)) for a in ("step", "zero_grad")) and hasattr(
+        optimizer, "param_groups"
+    )
+
+
 def _check(config: object, tasks: object, optimizer: object, evaluate: object, cb: object) -> None:
     if not isinstance(config, Config):
         raise TypeError(
@@ -129,21 +136,46 @@ def _check(config: object, tasks: object, optimizer: object, evaluate: object, c
         )
     if not callable(tasks):
         raise TypeError(f"fit: tasks must be a function step -> task or Batch, got {tasks!r}")
-    if not (
-        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
-    ):
+    transform = all(callable(getattr(optimizer, a, None)) for a in ("init", "update"))
+    if isinstance(optimizer, type) or not (transform or _stateful(optimizer)):
         raise TypeError(
-            f"fit: optimizer must have init(params) and update(grads, state, params), got "
-            f"{optimizer!r}; e.g. solvers.Adam(lr=1e-3) or torchopt.adam(1e-3)"
+            f"fit: optimizer must be an optax-style transformation (init(params), update(grads, "
+            f"state, params)) or a torch.optim-style optimizer over the meta tensors, got "
+            f"{optimizer!r}; e.g. solvers.Adam(lr=1e-3), torchopt.adam(1e-3), "
+            "torch.optim.Adam(meta.values(), lr=1e-3)"
         )
     for name, fn in (("evaluate", evaluate), ("callback", cb)):
         if fn is not None and not callable(fn):
             raise TypeError(f"fit: {name} must be callable or None, got {fn!r}")
 
 
+def _check_owned(optimizer: Any, meta: Tree) -> list[Any]:
+    """The meta leaves, each of which the stateful ``optimizer`` must hold (by identity)."""
+    groups = [g["params"] if isinstance(g, dict) else g for g in optimizer.param_groups]
+    held = {id(p) for group in groups for p in group}  # torch: dicts; torchopt: tuples
+    leaves = tree.leaves(meta)
+    missing = [i for i, leaf in enumerate(leaves) if id(leaf) not in held]
+    if missing:
+        raise TypeError(
+            f"fit: the optimizer {type(optimizer).__name__} does not hold meta leaves {missing} "
+            f"of {tree.structure(meta)}; a torch.optim-style optimizer steps the tensors it was "
+            "built on, so build it on the meta tensors themselves, e.g. "
+            "torch.optim.Adam(meta.values(), lr=1e-3)"
+        )
+    return leaves
+
+
 def _apply(optimizer: Any, grads: Tree, state: Any, meta: Tree) -> tuple[Tree, Any]:
     updates, state = optim.update(optimizer, grads, state, meta)
     return tree.add(meta, updates), state
+
+
+def _step_in_place(optimizer: Any, leaves: list[Any], grads: Tree) -> None:
+    for leaf, g in zip(leaves, tree.leaves(grads), strict=True):
+        leaf.grad = g
+    optimizer.step()
+    for leaf in leaves:  # no stale hypergradient left on the caller's tensors
+        leaf.grad = None
 
 
 def fit(
@@ -163,10 +195,13 @@ def fit(
 
     Args:
         config: ``Config(problem, solver, strategy)``, e.g. from :mod:`bilevel.recipes`.
-        meta: the initial meta-parameters (a pytree; never modified in place).
+        meta: the initial meta-parameters (a pytree).
         tasks: ``step -> task`` or ``step -> Batch(tasks)``, the meta-batch of step ``step``.
-        optimizer: an optax-style transformation: ``init(params)``,
-            ``update(grads, state, params) -> (updates, state)``.
+        optimizer: an optax-style transformation (``init(params)``,
+            ``update(grads, state, params) -> (updates, state)``: ``meta`` is never modified
+            in place), or a ``torch.optim``-style optimizer (``torch.optim.Adam``,
+            ``torchopt.Adam``, …) built on the meta tensors themselves, which it steps in
+            place after setting their ``.grad`` to the hypergradient.
         steps: the number of outer steps S ≥ 0.
         evaluate: ``meta -> {name: value}``, recorded before the first step and every
             ``every`` steps (``every=0``: only after the last step), and after the last step.
@@ -202,9 +237,12 @@ def fit(
     count("fit", "steps", steps, 0)
     count("fit", "every", every, 0)
     backend = backend_for(meta, what="fit")
-    meta = backend.untape(meta)
     history = History()
-    state = optimizer.init(meta)
+    owned = _check_owned(optimizer, meta) if _stateful(optimizer) else None
+    state: Any = None
+    if owned is None:
+        meta = backend.untape(meta)
+        state = optimizer.init(meta)
 
     def record_metrics(step: int) -> None:
         if evaluate is not None:
@@ -228,7 +266,10 @@ def fit(
             history.record(OUTER_LOSS, step, loss)
             if callback is not None:
                 callback(step, meta, result)
-            meta, state = _apply(optimizer, result.grad, state, meta)
+            if owned is None:
+                meta, state = _apply(optimizer, result.grad, state, meta)
+            else:
+                _step_in_place(optimizer, owned, result.grad)
             running = loss if math.isnan(running) else 0.98 * running + 0.02 * loss
             if bar is not None:
                 bar.update(1)

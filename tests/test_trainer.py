@@ -177,7 +177,7 @@ def test_fit_rejects_bad_arguments() -> None:
     meta = {"theta": torch.zeros(3, dtype=F64)}
     with pytest.raises(TypeError, match=r"fit: config must be a bilevel.recipes.Config"):
         fit(cfg.problem, meta, lambda s: task, optimizer=solvers.SGD(0.1), steps=1)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"fit: optimizer must have init"):
+    with pytest.raises(TypeError, match=r"fit: optimizer must be an optax-style transformation"):
         fit(cfg, meta, lambda s: task, optimizer=torch.optim.SGD, steps=1)
     with pytest.raises(TypeError, match=r"fit: tasks must be a function"):
         fit(cfg, meta, task, optimizer=solvers.SGD(0.1), steps=1)  # type: ignore[arg-type]
@@ -195,3 +195,42 @@ def test_history_plot_and_lookup(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match=r"no series 'loss'; recorded: \['outer_loss', 'accuracy'\]"):
         h.series("loss")
     assert "outer_loss: 30 points" in repr(h)
+
+
+@pytest.mark.parametrize(
+    ("stateful", "transform", "rtol"),
+    [
+        (lambda p: torch.optim.Adam(p, lr=0.05), solvers.Adam(0.05), 1e-12),
+        (lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.5), solvers.SGD(0.2, 0.5), 1e-12),
+        # torchopt's bias correction is float32 (see above)
+        (lambda p: torchopt.Adam(p, lr=0.05), solvers.Adam(0.05), 1e-4),
+    ],
+)
+def test_fit_steps_a_torch_optim_style_optimizer_in_place(
+    stateful: Any, transform: Any, rtol: float
+) -> None:
+    cfg, pool = _config(), _tasks(4, 4)
+    theta = torch.nn.Parameter(torch.zeros(3, dtype=F64))
+    meta = {"theta": theta}
+    out = fit(
+        cfg, meta, lambda s: Batch(pool), optimizer=stateful([theta]), steps=25, progress=False
+    )
+    assert out.meta["theta"] is theta  # stepped in place, as torch.optim does
+    ref = fit(
+        cfg,
+        {"theta": torch.zeros(3, dtype=F64)},
+        lambda s: Batch(pool),
+        optimizer=transform,
+        steps=25,
+        progress=False,
+    )
+    torch.testing.assert_close(theta.detach(), ref.meta["theta"], rtol=rtol, atol=1e-12)
+    assert theta.grad is None  # zeroed after the last step: no stale gradient left behind
+
+
+def test_fit_needs_a_stateful_optimizer_built_on_the_meta_tensors() -> None:
+    cfg, task = _config(), {k: v[0] for k, v in _tasks(1, 0).items()}
+    meta = {"theta": torch.zeros(3, dtype=F64, requires_grad=True)}
+    other = torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=0.1)
+    with pytest.raises(TypeError, match=r"does not hold meta leaves \[0\].*torch.optim.Adam\(meta"):
+        fit(cfg, meta, lambda s: task, optimizer=other, steps=1, progress=False)
