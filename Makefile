@@ -10,7 +10,7 @@ EXTRAS ?= test,interop,examples,dev
 SRC = bilevel solvers
 LINT_PATHS = bilevel solvers tests examples benchmarks
 
-.PHONY: install test demo lint typecheck clean bench
+.PHONY: install test demo lint typecheck clean bench repro
 
 install: $(VENV)/.installed
 
@@ -29,12 +29,17 @@ test: $(VENV)/.installed
 	exit $$rc
 
 demo: $(VENV)/.installed
-	$(BIN)/python examples/maml_sinusoid_demo.py
+	$(BIN)/python examples/maml_sinusoid.py
 
 # MAML meta-gradient: bilevel vs higher, torchopt and torch.func; writes
 # benchmarks/results/maml_cpu.md.  BENCH_ARGS=--quick for a smoke run.
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/maml.py $(BENCH_ARGS)
+
+# Every example at full size; regenerates docs/results/ and docs/results.md (hours on 2 cores).
+# A subset: make repro REPRO_ARGS="fewshot_digits oja_rule".
+repro: $(VENV)/.installed
+	$(BIN)/python examples/repro.py $(REPRO_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check $(LINT_PATHS)
