@@ -57,17 +57,12 @@ class Batch:
 
     def task(self, i: int) -> Tree:
         """Task ``i`` of the batch."""
-        return _take(self.tasks, i)
+        return tree.index(self.tasks, i)
 
 
 def _task_axes(data: Tree, backend: Backend) -> Tree:
     """``vmap`` in_dims for a batch: axis 0 of every array leaf; other leaves are shared."""
     return tree.map(lambda x: 0 if backend.owns(x) else None, data)
-
-
-def _take(batched: Tree, i: int) -> Tree:
-    """Entry ``i`` along the leading axis of every array leaf; other leaves unchanged."""
-    return tree.map(lambda x: x[i] if hasattr(x, "shape") else x, batched)
 
 
 def _check_problem(problem: object, who: str) -> None:
@@ -189,7 +184,7 @@ def hypergrad(
             vmapped_one = backend.vmap(one, in_dims=(None, dims))
         else:
             values, grads, params, diags = backend.vmap(one, in_dims=(None, dims))(meta, data)
-        task_diags = [_take(diags, i) for i in range(n)] if diags else [{}] * n
+        task_diags = [tree.index(diags, i) for i in range(n)] if diags else [{}] * n
     else:
         if isinstance(strategy, TwoPhase) and vectorizable(solver):  # vmap the inner solves
             dims = _task_axes(data, backend)
@@ -198,12 +193,9 @@ def hypergrad(
                 return strategy.forward(problem, solver, meta, t, backend)
 
             solved, found = backend.vmap(inner, in_dims=(dims,))(data)
-            outs = [
-                strategy.backward(
-                    problem, solver, meta, batch.task(i), _take(solved, i), _take(found, i), backend
-                )
-                for i in range(n)
-            ]
+            outs = strategy.backward_batch(
+                problem, solver, meta, data, dims, solved, found, backend
+            )
         else:
             outs = [
                 strategy.compute(problem, solver, meta, batch.task(i), backend) for i in range(n)
@@ -219,8 +211,8 @@ def hypergrad(
         for i in range(n):
             raise_nonfinite(
                 values[i],
-                _take(grads, i),
-                _take(params, i),
+                tree.index(grads, i),
+                tree.index(params, i),
                 lambda i=i: first_nonfinite_step(problem, solver, meta, batch.task(i), backend),
                 strategy,
                 backend,

@@ -23,6 +23,7 @@ from bilevel.backends.base import Backend, Tree
 from bilevel.validate import callable_with
 
 __all__ = [
+    "BatchLinearSolver",
     "BlackBoxSolver",
     "InnerObjective",
     "IterativeSolver",
@@ -218,4 +219,21 @@ class LinearSolver(Protocol):
         self, operator: LinearOperator, b: Tree, *, backend: Backend
     ) -> tuple[Tree, LinearInfo]:
         """Return ``x`` (same structure as ``b``) and diagnostics."""
+        ...
+
+
+@runtime_checkable
+class BatchLinearSolver(Protocol):
+    """A linear solver that also solves a batch of independent systems at once.
+
+    ``operator.matvec`` and ``b`` carry a leading task axis and the systems are independent
+    (block diagonal): every task keeps its own scalars, iterates and stopping test, so the
+    result equals solving the tasks one by one, with one host synchronisation per iteration for
+    the whole batch instead of one per task.
+    """
+
+    def solve_batch(
+        self, operator: LinearOperator, b: Tree, *, backend: Backend
+    ) -> tuple[Tree, list[LinearInfo]]:
+        """Solve ``A_i x_i = b_i`` for every task ``i``; one :class:`LinearInfo` per task."""
         ...

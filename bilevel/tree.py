@@ -27,6 +27,7 @@ __all__ = [
     "add",
     "axpy",
     "flatten",
+    "index",
     "leaves",
     "map",
     "map2",
@@ -166,6 +167,11 @@ def map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
                 "pass trees with the same containers and keys"
             )
     return unflatten(treedef, [fn(*xs) for xs in zip(flat, *(o[0] for o in others), strict=True)])
+
+
+def index(batched: Tree, i: int) -> Tree:
+    """Entry ``i`` along the leading axis of every array leaf; other leaves unchanged."""
+    return map(lambda x: x[i] if hasattr(x, "shape") else x, batched)
 
 
 def map2(fn: Callable[[Any, Any], Any], a: Tree, b: Tree) -> Tree:

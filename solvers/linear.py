@@ -7,6 +7,7 @@ scratch, ``‖b − A x‖ / ‖b‖``, so a solver's own bookkeeping cannot hid
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,18 @@ def _relative_residual(
     if bnorm == 0:  # A x = 0: x = 0 is the answer the solvers return
         return 0.0 if _norm(backend, x) == 0 else math.inf
     return _norm(backend, tree.sub(b, op.matvec(x))) / bnorm
+
+
+def _batch_dot(n: int) -> Callable[[Tree, Tree], Any]:
+    """Per-task inner products ``(n,)`` of two trees with a leading task axis."""
+    return lambda u, v: sum(
+        (x * y).reshape(n, -1).sum(1) for x, y in zip(tree.leaves(u), tree.leaves(v), strict=True)
+    )
+
+
+def _batch_scale(n: int) -> Callable[[Any, Tree], Tree]:
+    """Scale task ``i`` of a tree with a leading task axis by ``s[i]``."""
+    return lambda s, u: tree.map(lambda x: s.reshape((n,) + (1,) * (x.ndim - 1)) * x, u)
 
 
 def _threshold(tol: float, atol: float, bnorm: float) -> float:
@@ -113,6 +126,52 @@ class CG:
             rr = rr_new
         residual = _relative_residual(operator, b, x, bnorm, backend)
         return x, LinearInfo(iterations, residual, not negative and rnorm <= threshold, negative)
+
+    def solve_batch(
+        self, operator: LinearOperator, b: Tree, *, backend: Backend
+    ) -> tuple[Tree, list[LinearInfo]]:
+        """Independent systems with a leading task axis, each with the iterates and stopping
+        test of :meth:`solve` (a finished task takes zero steps); one host synchronisation per
+        iteration for the whole batch."""
+        _need_symmetric(repr(self), operator)
+        n = int(tree.leaves(b)[0].shape[0])
+        dot, on = _batch_dot(n), _batch_scale(n)
+        x, r, p = backend.zeros_like(b), b, b
+        rr = dot(r, r)
+        bnorm = np.sqrt(backend.to_numpy(rr))
+        threshold = np.maximum(self.tol * bnorm, self.atol)
+        rnorm = bnorm.copy()
+        active = rnorm > threshold
+        iterations = np.zeros(n, dtype=int)
+        negative = np.zeros(n, dtype=bool)
+        while active.any() and iterations.max() < self.maxiter:
+            ap = operator.matvec(p)
+            pap = dot(p, ap)
+            iterations += active
+            negative |= active & ~(backend.to_numpy(pap) > 0)
+            active &= ~negative
+            mask = backend.from_numpy(active.astype(float), like=rr)
+            alpha = mask * rr / (pap + (1 - mask))  # 0 for finished tasks
+            x = tree.add(x, on(alpha, p))
+            r = tree.sub(r, on(alpha, ap))
+            rr_new = dot(r, r)
+            rnorm = np.where(active, np.sqrt(backend.to_numpy(rr_new)), rnorm)
+            p = tree.add(r, on(mask * rr_new / (rr + (1 - mask)), p))
+            rr = rr_new
+            active &= rnorm > threshold
+        true = np.sqrt(backend.to_numpy(dot(*(2 * [tree.sub(b, operator.matvec(x))]))))
+        xnorm = np.sqrt(backend.to_numpy(dot(x, x)))
+        residual = np.where(bnorm > 0, true / np.where(bnorm > 0, bnorm, 1), 0.0)
+        residual = np.where((bnorm == 0) & (xnorm > 0), np.inf, residual)
+        return x, [
+            LinearInfo(
+                int(iterations[i]),
+                float(residual[i]),
+                bool(not negative[i] and rnorm[i] <= threshold[i]),
+                bool(negative[i]),
+            )
+            for i in range(n)
+        ]
 
 
 @dataclass(frozen=True)

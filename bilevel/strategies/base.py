@@ -59,8 +59,9 @@ class TwoPhase(Protocol):
     """A strategy whose work splits into a vectorisable inner solve and a per-task rest.
 
     For a :class:`~bilevel.Batch` that the strategy cannot ``vmap`` as a whole, ``hypergrad``
-    still maps :meth:`forward` over the tasks (when the solver allows it) and loops only
-    :meth:`backward`; ``compute`` must equal ``backward(forward(...))``.
+    still maps :meth:`forward` over the tasks (when the solver allows it) and hands the batch to
+    :meth:`backward_batch` (which may vectorise what it can, or loop :meth:`backward`);
+    ``compute`` must equal ``backward(forward(...))``.
     """
 
     def forward(
@@ -80,6 +81,21 @@ class TwoPhase(Protocol):
         backend: Backend,
     ) -> Outcome:
         """The rest of :meth:`Strategy.compute`, from the inner solution ``params``."""
+        ...
+
+    def backward_batch(
+        self,
+        problem: Problem,
+        solver: Any,
+        meta: Tree,
+        tasks: Tree,
+        dims: Tree,
+        params: Tree,
+        found: dict[str, Any],
+        backend: Backend,
+    ) -> list[Outcome]:
+        """:meth:`backward` for each task of a batch (``tasks``, ``params`` and ``found`` with a
+        leading task axis; ``dims`` the tasks' ``vmap`` axes), as one :class:`Outcome` per task."""
         ...
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from bilevel import tree
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
-from bilevel.protocols import LinearOperator, LinearSolver, SemiGradient
+from bilevel.protocols import BatchLinearSolver, LinearOperator, LinearSolver, SemiGradient
 from bilevel.strategies._common import (
     objective,
     outer_value,
@@ -167,6 +167,78 @@ class Implicit:
         }
         diag["stationarity_tol"] = self.stationarity_tol
         return Outcome(value, grad, params, diag)
+
+    def backward_batch(
+        self,
+        problem: Problem,
+        solver: Any,
+        meta: Tree,
+        tasks: Tree,
+        dims: Tree,
+        params: Tree,
+        found: dict[str, Any],
+        backend: Backend,
+    ) -> list[Outcome]:
+        """:meth:`backward` for every task of a batch (leading task axis on ``tasks``,
+        ``params`` and ``found``). With a :class:`~bilevel.protocols.BatchLinearSolver` the
+        products and the linear solve are vectorised over the tasks (the same result as one
+        call per task); otherwise the tasks are looped."""
+        n = int(tree.leaves(params)[0].shape[0])
+        if not isinstance(self.linear, BatchLinearSolver):
+            return [
+                self.backward(
+                    problem,
+                    solver,
+                    meta,
+                    tree.index(tasks, i),
+                    tree.index(params, i),
+                    tree.index(found, i),
+                    backend,
+                )
+                for i in range(n)
+            ]
+        meta0 = backend.stop_gradient(meta)
+
+        def prepare(t: Tree, p: Tree) -> tuple[Any, Tree, Tree, Any]:
+            def outer(q: Tree, m: Tree) -> Any:
+                return outer_value(problem, q, m, t)
+
+            value, (g_p, g_m) = backend.value_and_grad(outer, argnums=(0, 1))(p, meta)
+            residual = residual_map(problem, solver, t, p, backend)[0](p, meta0)
+            return value, g_p, g_m, tree.vdot(residual, residual) ** 0.5
+
+        def matvec(t: Tree, p: Tree, u: Tree) -> Tree:
+            gmap = residual_map(problem, solver, t, p, backend)[0]
+            return backend.vjp(lambda q: gmap(q, meta0), p)[1](u)[0]
+
+        def finish(t: Tree, p: Tree, g_m: Tree, v: Tree) -> Tree:
+            gmap = residual_map(problem, solver, t, p, backend)[0]
+            return tree.sub(g_m, backend.vjp(lambda m: gmap(p, m), meta)[1](v)[0])
+
+        values, g_params, g_meta, stationarity = backend.vmap(prepare, in_dims=(dims, 0))(
+            tasks, params
+        )
+        symmetric = residual_map(
+            problem, solver, tree.index(tasks, 0), tree.index(params, 0), backend
+        )[1]
+        batched = backend.vmap(matvec, in_dims=(dims, 0, 0))
+        operator = LinearOperator(lambda u: batched(tasks, params, u), symmetric)
+        v, infos = self.linear.solve_batch(operator, g_params, backend=backend)
+        grads = backend.vmap(finish, in_dims=(dims, 0, 0, 0))(tasks, params, g_meta, v)
+        return [
+            Outcome(
+                values[i],
+                tree.index(grads, i),
+                tree.index(params, i),
+                {
+                    **tree.index(found, i),
+                    "stationarity": stationarity[i],
+                    "linear": infos[i],
+                    "stationarity_tol": self.stationarity_tol,
+                },
+            )
+            for i in range(n)
+        ]
 
     def reference(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
