@@ -5,10 +5,13 @@ minimise or iterate on one task; linear solvers (:class:`CG`, :class:`Neumann`,
 :class:`MINRES`, :class:`GMRES`, :class:`Direct`) solve the systems of implicit
 differentiation; :class:`SGD` and :class:`Adam` are pure optax-style gradient transformations
 for the outer loop (``bilevel.trainer.fit``) or the inner one (``Optimizer``). Each is a
-frozen dataclass whose fields are its hyperparameters.
+frozen dataclass whose fields are its hyperparameters. :class:`Higher`,
+:func:`from_torch_optim` and :func:`from_module` bring stateful PyTorch code (``nn.Module``,
+``torch.optim``, higher's differentiable optimizers) into this functional form.
 """
 
 from solvers.inner import GradientDescent, Optimizer, Scipy, UpdateRule
+from solvers.interop import Higher, from_module, from_torch_optim
 from solvers.linear import CG, GMRES, MINRES, Direct, Neumann
 from solvers.optim import SGD, Adam
 
@@ -20,8 +23,11 @@ __all__ = [
     "Adam",
     "Direct",
     "GradientDescent",
+    "Higher",
     "Neumann",
     "Optimizer",
     "Scipy",
     "UpdateRule",
+    "from_module",
+    "from_torch_optim",
 ]

@@ -12,7 +12,7 @@ import torch
 import torchopt
 
 import solvers
-from bilevel import Batch, Problem, Unrolled, hypergrad, recipes
+from bilevel import Batch, ForwardMode, Problem, Truncated, Unrolled, hypergrad, recipes
 from bilevel.testing import check_hypergrad
 from bilevel.trainer import History, fit
 
@@ -234,3 +234,20 @@ def test_fit_needs_a_stateful_optimizer_built_on_the_meta_tensors() -> None:
     other = torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=0.1)
     with pytest.raises(TypeError, match=r"does not hold meta leaves \[0\].*torch.optim.Adam\(meta"):
         fit(cfg, meta, lambda s: task, optimizer=other, steps=1, progress=False)
+
+
+@pytest.mark.parametrize("strategy", [Unrolled(), Truncated(2), ForwardMode()], ids=str)
+def test_inner_adam_with_a_zero_gradient_coordinate_and_truncation(strategy: Any) -> None:
+    """θ_1 only reaches w_1 through init, and w_1's gradient is always 0, so Adam's v_1 stays 0:
+    √v must not put ∞ · 0 = NaN into the hypergradient (dF/dθ_1 = 2·w_1·2θ_1 = 32), and
+    Truncated must cope with Adam's integer step count in its frozen state."""
+    problem = Problem(
+        init=lambda m, t: m * m,
+        inner_loss=lambda w, m, t: (w[0] - t * m[0]) ** 2,
+        outer_loss=lambda w, m, t: (w**2).sum(),
+    )
+    meta, task = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor(0.5, dtype=F64)
+    solver = solvers.Optimizer(solvers.Adam(0.1), steps=4)
+    res = hypergrad(problem, solver, meta, task, strategy=strategy)
+    assert float(res.grad[1]) == pytest.approx(0.0 if isinstance(strategy, Truncated) else 32.0)
+    check_hypergrad(problem, solver, meta, task, strategy=strategy)

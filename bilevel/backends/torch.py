@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -78,7 +79,8 @@ class TorchBackend:
         return tf.vmap(fn, in_dims=in_dims, out_dims=out_dims, randomness="same")
 
     def stop_gradient(self, tree_: Tree) -> Tree:
-        return tree.map(lambda x: x.detach(), tree_)
+        # non-array leaves (a Python step count in an optimizer state) carry no gradient
+        return tree.map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, tree_)
 
     def untape(self, tree_: Tree) -> Tree:
         def plain(x: Any) -> Any:
@@ -96,7 +98,10 @@ class TorchBackend:
         return tree.map(torch.zeros_like, tree_)
 
     def all_finite(self, tree_: Tree) -> Any:
-        flags = [torch.isfinite(x).all() for x in tree.leaves(tree_)]
+        flags = [
+            torch.isfinite(x).all() if isinstance(x, torch.Tensor) else torch.tensor(_finite(x))
+            for x in tree.leaves(tree_)
+        ]
         if not flags:
             return torch.tensor(True)
         return torch.stack(flags).all()
@@ -138,3 +143,8 @@ class TorchBackend:
 
     def eigvalsh(self, a: Any) -> Any:
         return torch.linalg.eigvalsh(a)
+
+
+def _finite(x: Any) -> bool:
+    """A non-tensor leaf: numbers must be finite; other objects (strings, …) are not numbers."""
+    return not isinstance(x, int | float) or math.isfinite(x)
