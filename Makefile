@@ -6,7 +6,7 @@ BIN = $(VENV)/bin
 # Local CPU wheel where it exists (seconds); otherwise pip resolves torch from
 # the range declared in pyproject.toml.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= test,interop,examples,dev
+EXTRAS ?= test,interop,examples,dev,jax
 SRC = bilevel solvers
 LINT_PATHS = bilevel solvers tests examples benchmarks
 

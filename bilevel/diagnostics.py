@@ -62,7 +62,8 @@ def raise_nonfinite(
     def finite(x: Tree) -> bool:
         return bool(backend.to_float(backend.all_finite(x)))
 
-    if finite((value, grad, params)):
+    ok = backend.host_bool(backend.all_finite((value, grad, params)))
+    if ok is None or ok:  # None: traced (inside jax.jit), nothing to check on the host
         return
     step = locate()
     if step == 0:

@@ -205,7 +205,7 @@ def hypergrad(
         params = tree.map(lambda *ps: backend.stack(ps), *(o.params for o in outs))
         task_diags = [o.diag for o in outs]
     # One host synchronisation for the whole batch; per-task checks only on the failure path.
-    if not bool(backend.to_float(backend.all_finite((values, grads, mean_grad, params)))):
+    if backend.host_bool(backend.all_finite((values, grads, mean_grad, params))) is False:
         if grads is None:  # find the task: its own hypergradient, on the failure path only
             values, grads, params, _ = vmapped_one(meta, data)
         for i in range(n):

@@ -133,11 +133,12 @@ class Optimizer:
 
     @property
     def vectorizable(self) -> bool:
-        """The transform's own ``vectorizable`` attribute (``True`` for :class:`solvers.SGD` and
-        :class:`solvers.Adam`), else ``False``: foreign transforms may update their state in place
-        (torchopt's do), which ``vmap`` rejects, so a :class:`~bilevel.Batch` is looped over
-        tasks (with the same result)."""
-        return getattr(self.transform, "vectorizable", False) is True
+        """``True`` for optax's transformations (pure functions) and where the transform says
+        so (:class:`solvers.SGD`, :class:`solvers.Adam`), else ``False``: others may update
+        their state in place (torchopt's do), which ``vmap`` rejects, so a
+        :class:`~bilevel.Batch` is looped over tasks (with the same result)."""
+        pure = type(self.transform).__module__.startswith("optax")  # optax's are pure functions
+        return pure or getattr(self.transform, "vectorizable", False) is True
 
     def __post_init__(self) -> None:
         _check_transform(self.transform)

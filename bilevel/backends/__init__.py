@@ -1,17 +1,20 @@
 """The AD seam: the :class:`Backend` protocol, its implementations, choosing one from leaf types.
 
 The backend is never a flag: it follows from the types of the arrays in the meta-parameters and
-tasks. Importing :mod:`bilevel` imports no AD framework; the first array of a framework does.
+tasks (``torch.Tensor``: :class:`TorchBackend`; ``jax.Array``: :class:`JaxBackend`). Importing
+:mod:`bilevel` imports no AD framework; the first array of a framework does.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from bilevel import tree
 from bilevel.backends.base import Array, Backend, Tree
 
-# ``TorchBackend`` is importable from here too, loaded lazily by ``__getattr__``.
+# ``TorchBackend`` and ``JaxBackend`` are importable from here too, loaded lazily by
+# ``__getattr__`` (importing ``JaxBackend`` without JAX installed says how to install it).
 __all__ = ["Array", "Backend", "Tree", "backend_for"]
 
 
@@ -20,7 +23,10 @@ def _framework(leaf: object) -> str | None:
     if module == "torch":
         return "torch"
     if module in ("jax", "jaxlib"):
-        return "jax"
+        # a jax.Array (tracers included), not another JAX object such as a dtype or sharding;
+        # JAX is imported already, since the leaf's type lives in it
+        jax = sys.modules.get("jax")
+        return "jax" if jax is not None and isinstance(leaf, jax.Array) else None
     return None
 
 
@@ -66,10 +72,9 @@ def backend_for(*trees: Tree, what: str = "hypergrad") -> Backend:
         from bilevel.backends.torch import TorchBackend as torch_backend
 
         return torch_backend()
-    raise TypeError(
-        f"{what}: JAX arrays are not supported by this version of bilevel yet; "
-        "use torch tensors (the JAX backend is planned)"
-    )
+    from bilevel.backends.jax import JaxBackend as jax_backend
+
+    return jax_backend()
 
 
 def __getattr__(name: str) -> Any:
@@ -78,4 +83,8 @@ def __getattr__(name: str) -> Any:
         from bilevel.backends.torch import TorchBackend as cls
 
         return cls
+    if name == "JaxBackend":
+        from bilevel.backends.jax import JaxBackend as jax_cls  # says how to install JAX
+
+        return jax_cls
     raise AttributeError(f"module 'bilevel.backends' has no attribute {name!r}")

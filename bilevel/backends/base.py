@@ -94,6 +94,11 @@ class Backend(Protocol):
         """A host ``float`` from a 0-d array (synchronises with the device)."""
         ...
 
+    def host_bool(self, x: Array, /) -> bool | None:
+        """``bool(x)`` for a 0-d boolean array, or ``None`` where the value is not known on the
+        host yet (inside ``jax.jit``), so a host-side check is skipped instead of failing."""
+        ...
+
     def to_numpy(self, x: Array, /) -> np.ndarray[Any, Any]:
         """A float64 NumPy copy of ``x``, detached from any gradient."""
         ...

@@ -112,6 +112,9 @@ class TorchBackend:
     def scalar(self, value: float, like: Any) -> Any:
         return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
+    def host_bool(self, x: Any) -> bool | None:
+        return bool(x)
+
     def to_float(self, x: Any) -> float:
         return float(x.detach().cpu().item()) if isinstance(x, torch.Tensor) else float(x)
 
