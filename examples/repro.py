@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [] if args.collect_only else (args.names or list(FULL))
     failed = []
     for name in names:
-        command = [sys.executable, str(ROOT / "examples" / f"{name}.py"), *FULL[name]]
-        command += ["--out", str(OUT)]
+        command = [sys.executable, f"examples/{name}.py", *FULL[name]]  # run from ROOT
+        command += ["--out", OUT.relative_to(ROOT).as_posix()]
         print(f"== {name}: {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()
         rc = subprocess.call(command, cwd=ROOT)
