@@ -430,7 +430,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{compare}\n\nReference (REFERENCES.md): θ_110 ≈ −θ_021 dominate and all other terms "
         f"≈ 0 (Oja: Δw = η(xy − y²w)).\n\n{verdicts}\n\n"
         f"{'All targets met.' if passed else 'Not every target is met (see above).'} "
-        f"CPU time {cpu:.0f} s."
+        f"CPU time {cpu:.0f} s. Why the meta-training inputs carry a random gain, and what "
+        "`--gain 1` and `--l1 0` give instead: see the docstring of `examples/oja_rule.py`."
     )
     section = write_section(
         args.out,
