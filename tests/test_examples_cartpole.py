@@ -5,15 +5,14 @@ by running the example at full size, not asserted here.)"""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from _examples import load_example
 
 from bilevel import Unrolled, hypergrad
 from bilevel.testing import check_hypergrad
@@ -23,12 +22,7 @@ F64 = torch.float64
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("metagradient_cartpole", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example(EXAMPLE, "metagradient_cartpole")
 
 
 @pytest.fixture(scope="module")

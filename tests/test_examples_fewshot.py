@@ -6,25 +6,19 @@ The example is not a package module, so it is loaded from its path with importli
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from _examples import load_example
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fewshot_digits.py"
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fewshot_digits", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example(EXAMPLE, "fewshot_digits")
 
 
 def test_task_sampling_keeps_test_digits_out_of_meta_training() -> None:

@@ -6,12 +6,11 @@ The example is not a package module, so it is loaded from its path with importli
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _examples import load_example
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hyperparameters.py"
 
@@ -21,12 +20,7 @@ pytestmark = pytest.mark.filterwarnings("error::bilevel.BilevelWarning")
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hyperparameters_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example(EXAMPLE, "hyperparameters_example")
 
 
 def test_hypergradient_accuracy_and_hyperparameter_optimisation(tmp_path: Path) -> None:

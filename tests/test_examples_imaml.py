@@ -5,12 +5,12 @@ The example is not a package module, so it is loaded from its path with importli
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _examples import load_example
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "imaml_linear_regression.py"
 
@@ -20,11 +20,7 @@ pytestmark = pytest.mark.filterwarnings("error::bilevel.BilevelWarning")
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("imaml_linear_regression", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example(EXAMPLE, "imaml_linear_regression")
 
 
 def test_imaml_example_cg_becomes_exact_and_meta_training_helps(tmp_path: Path) -> None:

@@ -4,25 +4,19 @@ example with ``--iterations 70000``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from _examples import load_example
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "maml_sinusoid.py"
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("maml_sinusoid", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example(EXAMPLE, "maml_sinusoid")
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,17 @@ right way (Xu et al. 2018's toy; the full-size targets are checked by running th
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _examples import load_example
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "metagradient_returns.py"
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("metagradient_returns", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example(EXAMPLE, "metagradient_returns")
 
 
 @pytest.mark.parametrize("seed", [0, 1])

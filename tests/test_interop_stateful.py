@@ -12,13 +12,13 @@ difference (higher's Adam vs torch.optim's Adam differ by ~1e-5 here, see
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
+from _examples import load_example
 from torch import nn
 
 import solvers
@@ -303,13 +303,8 @@ def test_from_torch_optim_errors() -> None:
 # --------------------------------------------------------------------- examples and the docs page
 
 
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(f"interop_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def _load(path: Path) -> ModuleType:
+    return load_example(path, f"interop_{path.stem}")
 
 
 EXAMPLES = sorted((ROOT / "examples" / "interop").glob("*.py"))
