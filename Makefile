@@ -8,6 +8,9 @@ BIN = $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= test,interop,examples,dev,jax
 SRC = bilevel solvers
+# pytest-xdist: one worker per core (the JAX half of the suite is mostly single-threaded
+# compilation). PYTEST_ARGS= runs in one process.
+PYTEST_ARGS ?= -n auto
 LINT_PATHS = bilevel solvers tests examples benchmarks
 
 .PHONY: install test demo lint typecheck clean bench repro
@@ -31,10 +34,11 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/python examples/maml_sinusoid.py
 
-# MAML meta-gradient: bilevel vs higher, torchopt and torch.func; writes
-# benchmarks/results/maml_cpu.md.  BENCH_ARGS=--quick for a smoke run.
+# MAML meta-gradient: bilevel vs higher, torchopt and torch.func (benchmarks/results/maml_cpu.md),
+# then bilevel on JAX vs hand-written JAX (maml_jax_cpu.md).  BENCH_ARGS=--quick for a smoke run.
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/maml.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/maml_jax.py $(BENCH_ARGS)
 
 # Every example at full size; regenerates docs/results/ and docs/results.md (hours on 2 cores).
 # A subset: make repro REPRO_ARGS="fewshot_digits oja_rule".

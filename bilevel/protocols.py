@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from bilevel._compile import compiled_once
 from bilevel.backends.base import Backend, Tree
 from bilevel.validate import callable_with
 
@@ -98,37 +99,70 @@ class InnerObjective:
         Raises:
             TypeError: if the problem has no inner loss, or the loss is not a 0-d array.
         """
-        return self._evaluate(self.loss_fn, params)
-
-    def _evaluate(self, fn: Callable[[Tree, Tree, Tree], Any] | None, params: Tree) -> Any:
-        if fn is None:
-            raise TypeError(
-                "this inner solver needs the inner loss, but the Problem has inner_loss=None; "
-                "pass Problem(inner_loss=...) or use solvers.UpdateRule, which needs no loss"
-            )
-        value = fn(params, self.meta, self.task)
-        if getattr(value, "ndim", None) != 0:
-            raise TypeError(
-                "Problem.inner_loss must return a 0-d array (a scalar), got "
-                f"{type(value).__name__} with shape {getattr(value, 'shape', None)}; reduce it "
-                "with .mean() or .sum()"
-            )
-        return value
+        fn = _require(self.loss_fn)
+        return _scalar_loss(lambda: fn)(params, self.meta, self.task)
 
     def value_and_grad(self, params: Tree) -> tuple[Any, Tree]:
         """``(f(params), ∇_params f(params))`` through the backend; for a :class:`SemiGradient`
-        loss the gradient holds the targets at ``params`` (constants for this gradient only)."""
-        fn = self.loss_fn
+        loss the gradient holds the targets at ``params`` (constants for this gradient only).
+
+        The value-and-gradient function is built once per loss function and backend and kept
+        while the loss is alive, so a backend that compiles (JAX) compiles it once, not per step.
+        """
+        fn = _require(self.loss_fn)
+        backend = self.backend
+        step = compiled_once(
+            fn, backend, "value_and_grad", lambda get: backend.value_and_grad(_scalar_loss(get))
+        )
         if isinstance(fn, SemiGradient):
-            targets = params
-
-            def partial(p: Tree) -> Any:
-                return self._evaluate(lambda q, m, t: fn.loss(q, targets, m, t), p)
-
-            result: tuple[Any, Tree] = self.backend.value_and_grad(partial)(params)
-            return result
-        result = self.backend.value_and_grad(self.loss)(params)
+            result: tuple[Any, Tree] = step(params, params, self.meta, self.task)
+        else:
+            result = step(params, self.meta, self.task)
         return result
+
+    def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` compiled by the backend once and kept while ``fn`` lives (JAX: ``jax.jit``;
+        torch: ``fn`` itself): for a solver's per-step function of ``(state, meta, task)``,
+        such as an update rule."""
+        return compiled_once(fn, self.backend, "call", _call)
+
+
+def _require(fn: Callable[[Tree, Tree, Tree], Any] | None) -> Callable[[Tree, Tree, Tree], Any]:
+    if fn is None:
+        raise TypeError(
+            "this inner solver needs the inner loss, but the Problem has inner_loss=None; "
+            "pass Problem(inner_loss=...) or use solvers.UpdateRule, which needs no loss"
+        )
+    return fn
+
+
+def _check_scalar(value: Any) -> Any:
+    if getattr(value, "ndim", None) != 0:
+        raise TypeError(
+            "Problem.inner_loss must return a 0-d array (a scalar), got "
+            f"{type(value).__name__} with shape {getattr(value, 'shape', None)}; reduce it "
+            "with .mean() or .sum()"
+        )
+    return value
+
+
+def _scalar_loss(get: Callable[[], Any]) -> Callable[..., Any]:
+    """The loss ``get()`` with its value checked to be a scalar; for a :class:`SemiGradient`,
+    the loss of ``(params, targets, meta, task)``. ``get`` returns the user's function (a weak
+    reference when the result is cached, so a cached value never keeps its own key alive)."""
+
+    def loss(*args: Any) -> Any:
+        fn = get()
+        return _check_scalar((fn.loss if isinstance(fn, SemiGradient) else fn)(*args))
+
+    return loss
+
+
+def _call(get: Callable[[], Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        return get()(*args)
+
+    return call
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from bilevel.backends import backend_for
-from bilevel.backends.base import Array
+from bilevel.backends.base import Array, Backend
 from bilevel.validate import count
 
 __all__ = ["discounted_returns", "lambda_returns", "n_step_returns"]
@@ -43,7 +43,7 @@ def _shape(who: str, name: str, x: object, wanted: str) -> tuple[int, ...]:
     if shape is None:
         raise TypeError(
             f"{who}: {name} must be {wanted}, got {type(x).__name__} ({x!r}); "
-            "wrap it with torch.tensor(...)"
+            "wrap it as an array: torch.tensor(...) or jax.numpy.asarray(...)"
         )
     return tuple(int(s) for s in shape)
 
@@ -53,7 +53,7 @@ def _length(who: str, rewards: Array) -> int:
     if len(shape) != 1 or shape[0] < 1:
         raise ValueError(
             f"{who}: rewards must have shape (T,) with T >= 1 (one episode), got shape {shape}; "
-            "map a batch of episodes with torch.func.vmap"
+            "map a batch of episodes with torch.func.vmap or jax.vmap"
         )
     return shape[0]
 
@@ -78,8 +78,14 @@ def _check_states(who: str, states: Array | None, t: int) -> None:
         )
 
 
-def _per_transition(who: str, name: str, x: Any, t: int, states: Array | None) -> list[Any]:
-    """``x`` as a list of T per-transition values (numbers and 0-d arrays repeated)."""
+def _per_transition(
+    who: str, name: str, x: Any, t: int, states: Array | None, backend: Backend
+) -> list[Any]:
+    """``x`` as a list of T per-transition values (numbers and 0-d arrays repeated).
+
+    A per-state table is indexed by ``states[1:]``, checked to lie in the table wherever the
+    states are known on the host (not inside ``jax.jit`` or a ``vmap``): JAX would clamp an
+    out-of-range index silently and read another state's γ."""
     if _is_number(x):
         if not 0 <= x <= 1:
             raise ValueError(f"{who}: {name}={x!r} must lie in [0, 1], e.g. {name}=0.9")
@@ -88,7 +94,13 @@ def _per_transition(who: str, name: str, x: Any, t: int, states: Array | None) -
     if shape == ():
         return [x] * t
     if len(shape) == 1 and states is not None:
-        per = x[states[1:]]  # γ_t = table[S_{t+1}]
+        index = states[1:]
+        if backend.host_bool(((index >= 0) & (index < shape[0])).all()) is False:
+            raise ValueError(
+                f"{who}: states must index the {name} table of {shape[0]} entries, but "
+                f"states[1:] holds values outside 0 … {shape[0] - 1}; give one {name} per state"
+            )
+        per = x[index]  # γ_t = table[S_{t+1}]
         return [per[i] for i in range(t)]
     if shape != (t,):
         raise ValueError(
@@ -143,7 +155,7 @@ def discounted_returns(
     t = _length(who, rewards)
     backend = backend_for(rewards, gamma, bootstrap, states, what=who)
     _check_states(who, states, t)
-    gam = _per_transition(who, "gamma", gamma, t, states)
+    gam = _per_transition(who, "gamma", gamma, t, states, backend)
     _bootstrap(who, bootstrap)
     ret: Any = bootstrap
     out: list[Any] = []
@@ -191,7 +203,7 @@ def n_step_returns(
     backend = backend_for(rewards, values, gamma, states, what=who)
     _check_values(who, values, t)
     _check_states(who, states, t)
-    gam = _per_transition(who, "gamma", gamma, t, states)
+    gam = _per_transition(who, "gamma", gamma, t, states, backend)
     out: list[Any] = []
     for i in range(t):
         end = min(i + n, t)
@@ -249,8 +261,8 @@ def lambda_returns(
     backend = backend_for(rewards, values, gamma, lam, states, what=who)
     _check_values(who, values, t)
     _check_states(who, states, t)
-    gam = _per_transition(who, "gamma", gamma, t, states)
-    lams = _per_transition(who, "lam", lam, t, states)
+    gam = _per_transition(who, "gamma", gamma, t, states, backend)
+    lams = _per_transition(who, "lam", lam, t, states, backend)
     ret: Any = values[t]
     out: list[Any] = []
     for i in reversed(range(t)):

@@ -199,7 +199,7 @@ class UpdateRule:
         return params
 
     def step(self, state: Tree, objective: InnerObjective) -> Tree:
-        delta = self.rule(state, objective.meta, objective.task)
+        delta = objective.compiled(self.rule)(state, objective.meta, objective.task)
         if tree.structure(delta) != tree.structure(state):
             raise TypeError(
                 f"UpdateRule: rule returned an update of structure {tree.structure(delta)}, but "

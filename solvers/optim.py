@@ -50,7 +50,7 @@ def update(transform: Any, grads: Tree, state: Any, params: Tree) -> tuple[Tree,
     return transform.update(grads, state, params)
 
 
-def _sqrt(v: Any) -> Any:
+def sqrt_zero_safe(v: Any) -> Any:
     """``√v`` for ``v ≥ 0`` whose derivative at ``v = 0`` is 0 instead of ∞: a coordinate whose
     gradient is always 0 keeps ``v = 0``, and ``∞ · 0`` would make the hypergradient through
     the inner loop NaN. The value is unchanged; such a coordinate's update is 0 for every θ, so
@@ -155,5 +155,7 @@ class Adam:
         mu = tree.map(lambda m, g: self.b1 * m + (1 - self.b1) * g, state.mu, grads)
         nu = tree.map(lambda v, g: self.b2 * v + (1 - self.b2) * g * g, state.nu, grads)
         c1, c2 = 1 - self.b1**t, 1 - self.b2**t
-        updates = tree.map(lambda m, v: -self.lr * (m / c1) / (_sqrt(v / c2) + self.eps), mu, nu)
+        updates = tree.map(
+            lambda m, v: -self.lr * (m / c1) / (sqrt_zero_safe(v / c2) + self.eps), mu, nu
+        )
         return updates, AdamState(t, mu, nu)

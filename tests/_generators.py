@@ -1,35 +1,43 @@
-"""Seeded float64 generators shared by the property and closed-form tests."""
+"""Seeded float64 NumPy generators shared by the property and closed-form tests.
+
+Data are drawn in NumPy so that the torch and the JAX run of a test (``tests/_frameworks.py``)
+see exactly the same numbers; convert with ``fw.tree(...)``.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
-F64 = torch.float64
+import numpy as np
 
-
-def rng(seed: int) -> torch.Generator:
-    """A CPU generator seeded with ``seed``."""
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(g: torch.Generator, *shape: int) -> torch.Tensor:
-    """Standard normal float64 draws."""
-    return torch.randn(tuple(shape), generator=g, dtype=F64)
+F64 = np.float64
+Generator = np.random.Generator
+Array = np.ndarray[Any, Any]
 
 
-def rand(g: torch.Generator, *shape: int) -> torch.Tensor:
-    """Uniform [0, 1) float64 draws."""
-    return torch.rand(tuple(shape), generator=g, dtype=F64)
+def rng(seed: int) -> Generator:
+    """A NumPy generator seeded with ``seed``."""
+    return np.random.default_rng(seed)
 
 
-def spd_with(g: torch.Generator, eig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def randn(g: Generator, *shape: int) -> Array:
+    """Standard normal float64 draws (a 0-d array for no shape)."""
+    return np.asarray(g.standard_normal(shape), dtype=F64)
+
+
+def rand(g: Generator, *shape: int) -> Array:
+    """Uniform [0, 1) float64 draws (a 0-d array for no shape)."""
+    return np.asarray(g.random(shape), dtype=F64)
+
+
+def spd_with(g: Generator, eig: Array) -> tuple[Array, Array]:
     """A random symmetric matrix with eigenvalues ``eig``, and its eigenvectors (columns)."""
-    q, _ = torch.linalg.qr(randn(g, len(eig), len(eig)))
+    q, _ = np.linalg.qr(randn(g, len(eig), len(eig)))
     a = (q * eig) @ q.T
     return (a + a.T) / 2, q
 
 
-def spd(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+def spd(g: Generator, n: int, lo: float, hi: float) -> Array:
     """A random symmetric matrix whose spectrum lies in [lo, hi] and touches both ends."""
     eig = lo + (hi - lo) * rand(g, n)
     eig[0], eig[-1] = lo, hi

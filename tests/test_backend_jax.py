@@ -495,6 +495,106 @@ def test_non_finite_inner_loop_is_located_under_jax() -> None:
 # ------------------------------------------------------------------------------------- jit
 
 
+def _counting_problem() -> tuple[Problem, list[int]]:
+    traces = [0]
+
+    def inner(w: Any, m: Any, t: Any) -> Any:
+        traces[0] += 1  # a Python side effect: runs once per trace (and per eager call)
+        return ((w - m) ** 2).sum() + (t * w * w).sum()
+
+    problem = Problem(
+        init=lambda m, t: m * 1.0, inner_loss=inner, outer_loss=lambda w, m, t: (w**2).sum()
+    )
+    return problem, traces
+
+
+def test_the_inner_step_is_compiled_once_per_loss_and_shape() -> None:
+    """Eager ``hypergrad`` on JAX compiles the inner loss's value-and-gradient once per loss
+    function and input shape, and every strategy, every step and a vmapped Batch reuse it (the
+    loss body runs once in all: at the trace); a new shape traces it once more."""
+    problem, traces = _counting_problem()
+    meta, task = jnp.arange(3.0), jnp.ones(3)
+    gd = solvers.GradientDescent(lr=0.1, steps=30)
+    for strategy in (Unrolled(), ForwardMode(), Truncated(3), Implicit(solvers.CG(20))):
+        for _ in range(2):
+            hypergrad(problem, gd, meta, task, strategy=strategy)
+    hypergrad(problem, gd, meta, Batch(jnp.ones((4, 3))), strategy=Unrolled())
+    assert traces[0] == 1
+    hypergrad(problem, gd, jnp.arange(4.0), jnp.ones(4), strategy=Unrolled())
+    assert traces[0] == 2
+
+
+def test_repeated_calls_run_one_compiled_program_with_the_same_results() -> None:
+    """The first two calls with new shapes run eagerly; from the third on, the whole
+    hypergradient (inner loop and its derivative) is one compiled program: the outer loss is
+    traced once more, then never again. Eager and compiled agree to RTOL (same arithmetic,
+    fused)."""
+    outer_calls = [0]
+
+    def outer(w: Any, m: Any, t: Any) -> Any:
+        outer_calls[0] += 1
+        return (w**2).sum()
+
+    base, _ = _counting_problem()
+    problem = Problem(init=base.init, inner_loss=base.inner_loss, outer_loss=outer)
+    gd = solvers.GradientDescent(lr=0.1, steps=20)
+    meta = jnp.arange(3.0)
+    for strategy, task in [(Unrolled(), jnp.ones(3)), (ForwardMode(), Batch(jnp.ones((2, 3))))]:
+        results, counts = [], []
+        for _ in range(5):
+            results.append(hypergrad(problem, gd, meta, task, strategy=strategy))
+            counts.append(outer_calls[0])
+        assert counts[4] == counts[3] == counts[2] > counts[1] > counts[0], counts
+        for r in results[1:]:
+            _assert_results_agree(r, results[0], f"compiled vs eager, {strategy!r}")
+        outer_calls[0] = 0
+
+
+def test_a_non_finite_result_of_the_compiled_program_is_located_eagerly() -> None:
+    problem, _ = _counting_problem()
+    gd = solvers.GradientDescent(lr=0.1, steps=20)
+    for _ in range(3):  # the third call compiles
+        hypergrad(problem, gd, jnp.arange(3.0), jnp.ones(3), strategy=Unrolled())
+    with pytest.raises(RuntimeError, match="step"):
+        hypergrad(problem, gd, jnp.arange(3.0), jnp.full(3, -1e30), strategy=Unrolled())
+
+
+def test_the_compiled_step_goes_with_its_loss_function() -> None:
+    import gc
+    import weakref
+
+    from bilevel import _compile
+
+    problem, _ = _counting_problem()
+    hypergrad(problem, solvers.GradientDescent(lr=0.1, steps=2), jnp.ones(2), jnp.ones(2),
+              strategy=Unrolled())  # fmt: skip
+    loss = weakref.ref(problem.inner_loss)
+    assert loss() in _compile._COMPILED
+    del problem
+    gc.collect()
+    assert loss() is None
+
+
+def test_an_inner_loss_jit_cannot_trace_runs_eagerly_with_the_same_hypergradient() -> None:
+    """A Python ``if`` on a task value cannot be traced by ``jax.jit``; the step then runs
+    eagerly. Same arithmetic, compiled or not: agreement to RTOL."""
+    meta, task = _data(seed=2)
+    plain = _problem(jnp, 0.1)
+
+    def branching(w: Any, m: Any, t: Any) -> Any:
+        if float(t["y"][0]) > -1e9:  # always true; needs the concrete value
+            return plain.inner_loss(w, m, t)
+        return (w * w).sum()
+
+    problem = Problem(init=plain.init, inner_loss=branching, outer_loss=plain.outer_loss)
+    gd = solvers.GradientDescent(lr=0.8, steps=6)
+    m, t = _to_jax(meta), _to_jax(task)
+    for strategy in (Unrolled(), Implicit(solvers.CG(30, tol=1e-13))):
+        want = hypergrad(plain, gd, m, t, strategy=strategy)
+        got = hypergrad(problem, gd, m, t, strategy=strategy)
+        _assert_results_agree(got, want, f"eager fallback, {strategy!r}")
+
+
 def test_the_inner_loop_and_the_unrolled_map_compile_with_jit() -> None:
     """What traces today: ``solve`` and a strategy's own ``compute`` (no host checks)."""
     from bilevel.backends import JaxBackend

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _frameworks import param_id
 
 import solvers
 from bilevel import (
@@ -237,6 +238,13 @@ def test_meta_leaf_that_is_not_a_tensor(meta: Any, leaf: str, kind: str) -> None
         hypergrad(quadratic(), GD, meta, TASK, strategy=Unrolled())
 
 
+def test_meta_given_as_a_batch() -> None:
+    with pytest.raises(
+        TypeError, match=r"meta leaf 0 of \* is a Batch; .* only the task may be a Batch"
+    ):
+        hypergrad(quadratic(), GD, Batch(torch.zeros(2, 2)), Batch(TASK), strategy=Unrolled())
+
+
 def test_meta_with_no_tensor_leaves() -> None:
     with pytest.raises(TypeError, match=r"hypergrad: meta has no array leaves; pass a pytree"):
         hypergrad(quadratic(), GD, {}, TASK, strategy=Unrolled())
@@ -368,7 +376,7 @@ def test_hyperparameter_of_the_wrong_type_is_a_type_error(make: Any, match: str)
         make()
 
 
-@pytest.mark.parametrize("transform", [object(), torch.optim.SGD, "adam"], ids=repr)
+@pytest.mark.parametrize("transform", [object(), torch.optim.SGD, "adam"], ids=param_id)
 def test_optimizer_needs_init_and_update(transform: Any) -> None:
     with pytest.raises(
         TypeError,
@@ -423,7 +431,7 @@ def test_problem_accepts_functions_with_defaults_and_varargs() -> None:
 # ------------------------------------------------------------------------------- hypergrad
 
 
-@pytest.mark.parametrize("problem", [None, lambda m, task: m, {"init": _ok2}], ids=repr)
+@pytest.mark.parametrize("problem", [None, lambda m, task: m, {"init": _ok2}], ids=param_id)
 def test_hypergrad_needs_a_problem(problem: Any) -> None:
     with pytest.raises(
         TypeError,

@@ -21,6 +21,11 @@ problem below is run for enough steps that ``ρ^K ≤ 1e-12`` (far below the che
 
 Negative controls prove that the checker separates maps: a strategy whose ``compute`` is one
 map's gradient and whose ``reference`` is another's must fail it.
+
+Every test runs on torch and on JAX (the ``fw`` fixture, ``tests/_frameworks.py``): the data are
+drawn in NumPy, so both runs see the same numbers, and each problem function is written once,
+taking its array functions from :func:`xp`. The problems are module-level objects, built once,
+so that JAX compiles each inner loss once per shape rather than once per hypothesis example.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
-import torch
+from _frameworks import Framework, assert_close, flat, numpy, rel_err, xp
 from _generators import rand, randn, rng, spd
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,8 +62,9 @@ from bilevel.testing import check_hypergrad
 # in a test that expects an exact answer. Tests that expect one assert it with pytest.warns.
 pytestmark = pytest.mark.filterwarnings("error::bilevel.BilevelWarning")
 
-F64 = torch.float64
 Tree = Any
+Array = Any  # a torch tensor or a JAX array (tracers and torch.func wrappers included)
+NDArray = np.ndarray[Any, Any]  # problem data, drawn in NumPy and converted with fw.tree
 
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 
@@ -70,31 +77,20 @@ def _steps_for(rate: float, target: float = 1e-15) -> int:
     return math.ceil(math.log(target) / math.log(rate))
 
 
-def _flat(t: Tree) -> torch.Tensor:
-    if isinstance(t, torch.Tensor):
-        return t.reshape(-1)
-    return torch.cat([t[k].reshape(-1) for k in sorted(t)])
-
-
-def _rel_err(a: Tree, b: Tree) -> float:
-    fa, fb = _flat(a), _flat(b)
-    return float((fa - fb).norm() / max(float(fb.norm()), 1e-300))
-
-
 # (a) quadratic: f = ½φᵀAφ − φᵀ(Bθ + c), F = ½‖Cφ − d‖² + E·‖θ‖², φ₀ = Pθ.
 # All matrices live in the task, so a Batch stacks them and every task has its own problem.
 E = 0.3
 
 
-def _quad_init(theta: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+def _quad_init(theta: Array, t: dict[str, Array]) -> Array:
     return t["P"] @ theta
 
 
-def _quad_inner(phi: torch.Tensor, theta: torch.Tensor, t: dict[str, torch.Tensor]) -> Any:
+def _quad_inner(phi: Array, theta: Array, t: dict[str, Array]) -> Any:
     return 0.5 * phi @ (t["A"] @ phi) - phi @ (t["B"] @ theta + t["c"])
 
 
-def _quad_outer(phi: torch.Tensor, theta: torch.Tensor, t: dict[str, torch.Tensor]) -> Any:
+def _quad_outer(phi: Array, theta: Array, t: dict[str, Array]) -> Any:
     r = t["C"] @ phi - t["d"]
     return 0.5 * (r @ r) + E * (theta @ theta)
 
@@ -108,7 +104,8 @@ QUAD_LR = 2 / (LO + HI)
 QUAD_IMPLICIT_STEPS = 40
 
 
-def quadratic_task(seed: int, n: int, m: int, p: int = 3) -> tuple[torch.Tensor, dict[str, Any]]:
+def quadratic_task(seed: int, n: int, m: int, p: int = 3) -> tuple[NDArray, dict[str, Any]]:
+    """θ and the task, as NumPy arrays (convert with ``fw.tree``)."""
     g = rng(seed)
     task = {
         "A": spd(g, n, LO, HI),
@@ -122,16 +119,20 @@ def quadratic_task(seed: int, n: int, m: int, p: int = 3) -> tuple[torch.Tensor,
 
 
 # (b) MLP with leaves of shapes (h, din), (h,), (h,), ().
-def _net(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    return torch.tanh(x @ p["W1"].T + p["b1"]) @ p["w2"] + p["b2"]
+def _net(p: dict[str, Array], x: Array) -> Array:
+    return xp(x).tanh(x @ p["W1"].T + p["b1"]) @ p["w2"] + p["b2"]
 
 
-def _mse(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> Any:
+def _mse(p: dict[str, Array], x: Array, y: Array) -> Any:
     return 0.5 * ((_net(p, x) - y) ** 2).mean()
 
 
 def mlp_problem(lam: float) -> Problem:
-    """MAML (lam = 0) or iMAML (lam > 0: proximal term λ/2‖φ − θ‖²) on the MLP."""
+    """MAML (lam = 0) or iMAML (lam > 0: proximal term λ/2‖φ − θ‖²) on the MLP.
+
+    Build it once (``MAML``, ``IMAML`` below): each call makes new loss functions, which JAX
+    would compile afresh.
+    """
 
     def inner(p: Tree, meta: Tree, t: Tree) -> Any:
         loss = _mse(p, t["xs"], t["ys"])
@@ -152,7 +153,7 @@ def mlp_data(seed: int, din: int, hidden: int) -> tuple[Tree, Tree]:
         "W1": 0.5 * randn(g, hidden, din),
         "b1": 0.3 * randn(g, hidden),
         "w2": 0.5 * randn(g, hidden),
-        "b2": 0.3 * randn(g),
+        "b2": np.asarray(0.3 * randn(g)),  # a 0-d array (NumPy makes 0.3·x a scalar)
     }
     task = {
         "xs": randn(g, 6, din),
@@ -170,19 +171,23 @@ def mlp_data(seed: int, din: int, hidden: int) -> tuple[Tree, Tree]:
 MLP_LAM, MLP_LR, MLP_STEPS = 12.0, 2 / 24, 45
 MLP_SPECTRUM = (7.0, 17.0)
 
+MAML = mlp_problem(0.0)
+IMAML = mlp_problem(MLP_LAM)
+
 
 # (c) init = 2·w; θ = {"w": (n,), "s": ()} enters init, inner and outer losses.
-def _c_inner(phi: torch.Tensor, theta: Tree, t: Tree) -> Any:
+def _c_inner(phi: Array, theta: Tree, t: Tree) -> Any:
     r = t["X"] @ phi - t["y"]
+    ns = xp(phi)
     return (
-        0.5 * torch.exp(theta["s"]) * ((phi - theta["w"]) ** 2).sum()
+        0.5 * ns.exp(theta["s"]) * ((phi - theta["w"]) ** 2).sum()
         + 0.5 * (r @ r)
-        + 0.5 * torch.log(torch.cosh(phi)).sum()
+        + 0.5 * ns.log(ns.cosh(phi)).sum()
     )
 
 
-def _c_outer(phi: torch.Tensor, theta: Tree, t: Tree) -> Any:
-    return 0.5 * ((phi - t["z"]) ** 2).sum() + theta["s"] * torch.tanh(theta["w"]).sum()
+def _c_outer(phi: Array, theta: Tree, t: Tree) -> Any:
+    return 0.5 * ((phi - t["z"]) ** 2).sum() + theta["s"] * xp(phi).tanh(theta["w"]).sum()
 
 
 INIT_DEPENDENT = Problem(
@@ -191,25 +196,26 @@ INIT_DEPENDENT = Problem(
 
 
 def init_dependent_data(seed: int, n: int) -> tuple[Tree, Tree, float, float]:
-    """θ, task, and bounds (μ, L) on the inner Hessian's spectrum.
+    """θ, task (NumPy), and bounds (μ, L) on the inner Hessian's spectrum.
 
     Hessian = e^s·I + XᵀX + ½·diag(sech²φ): between e^s and e^s + σ_max(X)² + ½.
     """
     g = rng(seed)
     x = 0.5 * randn(g, 2 * n, n) / math.sqrt(2 * n)
-    s = 0.5 + rand(g)  # s ∈ [0.5, 1.5]
+    s = np.asarray(0.5 + rand(g))  # s ∈ [0.5, 1.5], a 0-d array
     theta = {"w": randn(g, n), "s": s}
     task = {"X": x, "y": randn(g, 2 * n), "z": randn(g, n)}
     mu = math.exp(float(s))
-    big = mu + float(torch.linalg.matrix_norm(x, ord=2)) ** 2 + 0.5
+    big = mu + float(np.linalg.norm(x, ord=2)) ** 2 + 0.5
     return theta, task, mu, big
 
 
 # (d) learned update rule, no inner loss: φ ← φ + c·(tanh(Mφ + b + x) − φ), c = 0.7 + 0.3σ(a).
 # The step's Jacobian (1−c)I + c·diag(sech²)M has norm ≤ 1 − c(1 − ‖M‖) ≤ 0.51 for ‖M‖ ≤ 0.3.
-def _rule(phi: torch.Tensor, theta: Tree, t: Tree) -> torch.Tensor:
-    c = 0.7 + 0.3 * torch.sigmoid(theta["a"])
-    return c * (torch.tanh(theta["M"] @ phi + theta["b"] + t["x"]) - phi)
+def _rule(phi: Array, theta: Tree, t: Tree) -> Array:
+    ns = xp(phi)
+    c = 0.7 + 0.3 / (1 + ns.exp(-theta["a"]))  # 0.7 + 0.3·σ(a)
+    return c * (ns.tanh(theta["M"] @ phi + theta["b"] + t["x"]) - phi)
 
 
 RULE_PROBLEM = Problem(
@@ -223,7 +229,7 @@ RULE_IMPLICIT_STEPS = _steps_for(RULE_RATE)
 def rule_data(seed: int, n: int) -> tuple[Tree, Tree]:
     g = rng(seed)
     m = randn(g, n, n)
-    m = 0.3 * m / torch.linalg.matrix_norm(m, ord=2)
+    m = 0.3 * m / np.linalg.norm(m, ord=2)
     theta = {"a": randn(g), "M": m, "b": randn(g, n)}
     return theta, {"x": randn(g, n), "y": randn(g, n)}
 
@@ -348,10 +354,18 @@ class Scaled:
     momentum=st.floats(0.0, 0.9),
 )
 def test_quadratic_unrolled_family(
-    kind: str, seed: int, n: int, m: int, steps: int, extra: int, lr_scale: float, momentum: float
+    fw: Framework,
+    kind: str,
+    seed: int,
+    n: int,
+    m: int,
+    steps: int,
+    extra: int,
+    lr_scale: float,
+    momentum: float,
 ) -> None:
     strategy, k = unrolled_family(kind, steps, extra)
-    meta, task = quadratic_task(seed, n, m)
+    meta, task = fw.tree(quadratic_task(seed, n, m))
     # lr ≤ 1/λ_max(A) keeps heavy-ball GD stable for every μ in [0, 1).
     solver = solvers.GradientDescent(lr=lr_scale / HI, steps=k, momentum=momentum)
     check_hypergrad(QUADRATIC, solver, meta, task, strategy)
@@ -360,8 +374,8 @@ def test_quadratic_unrolled_family(
 @pytest.mark.parametrize("kind", IMPLICIT_KINDS)
 @settings(max_examples=6)
 @given(seed=seeds, n=st.integers(2, 6), m=st.integers(1, 3))
-def test_quadratic_implicit(kind: str, seed: int, n: int, m: int) -> None:
-    meta, task = quadratic_task(seed, n, m)
+def test_quadratic_implicit(fw: Framework, kind: str, seed: int, n: int, m: int) -> None:
+    meta, task = fw.tree(quadratic_task(seed, n, m))
     solver = solvers.GradientDescent(lr=QUAD_LR, steps=QUAD_IMPLICIT_STEPS)
     res = check_hypergrad(QUADRATIC, solver, meta, task, implicit(kind, (LO, HI)))
     assert res.worst <= 1
@@ -381,14 +395,14 @@ def test_quadratic_implicit(kind: str, seed: int, n: int, m: int) -> None:
     lr=st.floats(0.05, 0.5),
 )
 def test_mlp_unrolled_family(
-    kind: str, seed: int, din: int, hidden: int, steps: int, extra: int, lr: float
+    fw: Framework, kind: str, seed: int, din: int, hidden: int, steps: int, extra: int, lr: float
 ) -> None:
     strategy, k = unrolled_family(kind, steps, extra)
-    meta, task = mlp_data(seed, din, hidden)
+    meta, task = fw.tree(mlp_data(seed, din, hidden))
     # Up to 3·4 + 4 + 4 + 1 = 21 meta-scalars; above 12 the checker uses 6 random unit
     # directions (each mixes all leaves, so a wrong leaf still shows).
     check_hypergrad(
-        mlp_problem(0.0),
+        MAML,
         solvers.GradientDescent(lr=lr, steps=k),
         meta,
         task,
@@ -401,11 +415,11 @@ def test_mlp_unrolled_family(
 @pytest.mark.parametrize("kind", IMPLICIT_KINDS)
 @settings(max_examples=3)
 @given(seed=seeds, din=st.integers(1, 3), hidden=st.integers(1, 3))
-def test_mlp_implicit(kind: str, seed: int, din: int, hidden: int) -> None:
-    meta, task = mlp_data(seed, din, hidden)
+def test_mlp_implicit(fw: Framework, kind: str, seed: int, din: int, hidden: int) -> None:
+    meta, task = fw.tree(mlp_data(seed, din, hidden))
     solver = solvers.GradientDescent(lr=MLP_LR, steps=MLP_STEPS)
     check_hypergrad(
-        mlp_problem(MLP_LAM),
+        IMAML,
         solver,
         meta,
         task,
@@ -428,36 +442,39 @@ def test_mlp_implicit(kind: str, seed: int, din: int, hidden: int) -> None:
     lr=st.floats(0.05, 0.4),
 )
 def test_init_dependent_unrolled_family(
-    kind: str, seed: int, n: int, steps: int, extra: int, lr: float
+    fw: Framework, kind: str, seed: int, n: int, steps: int, extra: int, lr: float
 ) -> None:
     strategy, k = unrolled_family(kind, steps, extra)
-    theta, task, _, _ = init_dependent_data(seed, n)
+    theta, task, _, _ = fw.tree(init_dependent_data(seed, n))
     check_hypergrad(INIT_DEPENDENT, solvers.GradientDescent(lr=lr, steps=k), theta, task, strategy)
 
 
 @pytest.mark.parametrize("kind", IMPLICIT_KINDS)
 @settings(max_examples=4)
 @given(seed=seeds, n=st.integers(1, 4))
-def test_init_dependent_implicit(kind: str, seed: int, n: int) -> None:
-    theta, task, mu, big = init_dependent_data(seed, n)
+def test_init_dependent_implicit(fw: Framework, kind: str, seed: int, n: int) -> None:
+    theta, task, mu, big = fw.tree(init_dependent_data(seed, n))
     # Optimal constant step for a Hessian in [μ, L]; rate (L−μ)/(L+μ).
     solver = solvers.GradientDescent(lr=2 / (mu + big), steps=_steps_for((big - mu) / (big + mu)))
     check_hypergrad(INIT_DEPENDENT, solver, theta, task, implicit(kind, (mu, big)))
 
 
-def test_first_order_follows_init_scale() -> None:
+def test_first_order_follows_init_scale(fw: Framework) -> None:
     """FirstOrder's init Jacobian is 2·I here: dropping the factor would halve that part."""
-    theta, task, _, _ = init_dependent_data(7, 3)
+    theta_np, task_np, _, _ = init_dependent_data(7, 3)
     solver = solvers.GradientDescent(lr=0.2, steps=3)
-    res = hypergrad(INIT_DEPENDENT, solver, theta, task, strategy=FirstOrder())
-    phi = res.params.detach()
-    th = {k: v.detach().requires_grad_() for k, v in theta.items()}
-    # ∂_θF + (∂init/∂θ)ᵀ∇_φF with ∂init/∂w = 2I, computed by hand with autograd on F alone.
-    p = phi.clone().requires_grad_()
-    gp, gw, gs = torch.autograd.grad(_c_outer(p, th, task), [p, th["w"], th["s"]])
+    res = hypergrad(
+        INIT_DEPENDENT, solver, fw.tree(theta_np), fw.tree(task_np), strategy=FirstOrder()
+    )
+    phi, w, s = numpy(res.params), theta_np["w"], theta_np["s"]
+    # ∂_θF + (∂init/∂θ)ᵀ∇_φF with ∂init/∂w = 2I, computed by hand on F alone: for
+    # F = ½‖φ − z‖² + s·Σtanh(w), ∇_φF = φ − z, ∂_wF = s·sech²(w), ∂_sF = Σtanh(w).
+    gp = phi - task_np["z"]
+    gw = s * (1 - np.tanh(w) ** 2)
+    gs = np.tanh(w).sum()
     # Pure float64 roundoff in a few elementwise operations: 1e-12 is 10⁴ ulp of margin.
-    torch.testing.assert_close(res.grad["w"], gw + 2 * gp, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(res.grad["s"], gs, rtol=1e-12, atol=1e-12)
+    assert_close(res.grad["w"], gw + 2 * gp, rtol=1e-12, atol=1e-12, what="w")
+    assert_close(res.grad["s"], gs, rtol=1e-12, atol=1e-12, what="s")
 
 
 # --------------------------------------------------------------------------- (d) update rule
@@ -470,8 +487,8 @@ RULE_KINDS = [*UNROLLED_KINDS, "implicit-gmres", "implicit-neumann", "implicit-d
 @pytest.mark.parametrize("kind", RULE_KINDS)
 @settings(max_examples=5)
 @given(seed=seeds, n=st.integers(1, 4), steps=st.integers(0, 6), extra=st.integers(0, 2))
-def test_update_rule(kind: str, seed: int, n: int, steps: int, extra: int) -> None:
-    theta, task = rule_data(seed, n)
+def test_update_rule(fw: Framework, kind: str, seed: int, n: int, steps: int, extra: int) -> None:
+    theta, task = fw.tree(rule_data(seed, n))
     if kind.startswith("implicit-"):
         # ρ^K ≤ 1e-15 at the fixed point, so the K-step map's derivative is the implicit one.
         strategy: Any = implicit(kind.removeprefix("implicit-"), None)
@@ -483,9 +500,9 @@ def test_update_rule(kind: str, seed: int, n: int, steps: int, extra: int) -> No
 
 
 @pytest.mark.parametrize("linear", [solvers.CG(), solvers.MINRES()])
-def test_update_rule_refuses_symmetric_solvers(linear: Any) -> None:
+def test_update_rule_refuses_symmetric_solvers(fw: Framework, linear: Any) -> None:
     """Without an inner loss the system I − ∂step is not symmetric: CG/MINRES must refuse."""
-    theta, task = rule_data(0, 3)
+    theta, task = fw.tree(rule_data(0, 3))
     with pytest.raises(ValueError, match="symmetric"):
         hypergrad(
             RULE_PROBLEM,
@@ -499,14 +516,17 @@ def test_update_rule_refuses_symmetric_solvers(linear: Any) -> None:
 # --------------------------------------------------------------------------- (e) batches
 
 
-def _stack(tasks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([t[k] for t in tasks]) for k in tasks[0]}
+def _stack(tasks: list[dict[str, NDArray]]) -> dict[str, NDArray]:
+    return {k: np.stack([t[k] for t in tasks]) for k in tasks[0]}
 
 
-def quadratic_batch(seed: int, size: int, n: int, m: int) -> tuple[torch.Tensor, Batch, list]:
+def quadratic_batch(
+    seed: int, size: int, n: int, m: int
+) -> tuple[NDArray, dict[str, NDArray], list[dict[str, NDArray]]]:
+    """θ, the stacked tasks (for a :class:`~bilevel.Batch`) and the tasks one by one, in NumPy."""
     tasks = [quadratic_task(seed + i, n, m)[1] for i in range(size)]
     meta = randn(rng(seed + 10_000), m)
-    return meta, Batch(_stack(tasks)), tasks
+    return meta, _stack(tasks), tasks
 
 
 @pytest.mark.parametrize("kind", UNROLLED_KINDS + IMPLICIT_KINDS)
@@ -518,8 +538,9 @@ def quadratic_batch(seed: int, size: int, n: int, m: int) -> tuple[torch.Tensor,
     m=st.integers(1, 3),
     steps=st.integers(0, 4),
 )
-def test_batch(kind: str, seed: int, size: int, n: int, m: int, steps: int) -> None:
-    meta, batch, tasks = quadratic_batch(seed, size, n, m)
+def test_batch(fw: Framework, kind: str, seed: int, size: int, n: int, m: int, steps: int) -> None:
+    meta, stacked, tasks = fw.tree(quadratic_batch(seed, size, n, m))
+    batch = Batch(stacked)
     if kind in IMPLICIT_KINDS:
         strategy: Any = implicit(kind, (LO, HI))
         solver = solvers.GradientDescent(lr=QUAD_LR, steps=QUAD_IMPLICIT_STEPS)
@@ -531,39 +552,41 @@ def test_batch(kind: str, seed: int, size: int, n: int, m: int, steps: int) -> N
     # vmap and the loop may sum in another order, so allow a few ulp of the gradient's scale.
     res = hypergrad(QUADRATIC, solver, meta, batch, strategy=strategy)
     singles = [hypergrad(QUADRATIC, solver, meta, t, strategy=strategy) for t in tasks]
-    mean_grad = torch.stack([s.grad for s in singles]).mean(0)
-    mean_value = torch.stack([s.value for s in singles]).mean(0)
-    torch.testing.assert_close(res.grad, mean_grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(res.value, mean_value, rtol=1e-12, atol=1e-12)
+    mean_grad = np.stack([numpy(s.grad) for s in singles]).mean(0)
+    mean_value = np.stack([numpy(s.value) for s in singles]).mean(0)
+    assert_close(res.grad, mean_grad, rtol=1e-12, atol=1e-12, what="grad")
+    assert_close(res.value, mean_value, rtol=1e-12, atol=1e-12, what="value")
     assert len(res.task_info) == size
 
 
 # --------------------------------------------------------------------------- 0-d θ, black box
 
-# θ is one 0-d tensor (a log-regulariser): f = ½e^θ‖φ − c‖² + ½‖Xφ‖², F = ½‖φ − z‖², φ₀ = θ·1.
+# θ is one 0-d array (a log-regulariser): f = ½e^θ‖φ − c‖² + ½‖Xφ‖², F = ½‖φ − z‖², φ₀ = θ·1.
 SCALAR = Problem(
-    init=lambda th, t: th * torch.ones_like(t["c"]),
+    init=lambda th, t: th * xp(t["c"]).ones_like(t["c"]),
     inner_loss=lambda phi, th, t: (
-        0.5 * torch.exp(th) * ((phi - t["c"]) ** 2).sum() + 0.5 * ((t["X"] @ phi) ** 2).sum()
+        0.5 * xp(phi).exp(th) * ((phi - t["c"]) ** 2).sum() + 0.5 * ((t["X"] @ phi) ** 2).sum()
     ),
     outer_loss=lambda phi, th, t: 0.5 * ((phi - t["z"]) ** 2).sum(),
 )
 
 
-def scalar_data(seed: int, n: int) -> tuple[torch.Tensor, Tree, float, float]:
-    """θ ∈ [0, 1], task, and the inner Hessian's spectrum bounds [e^θ, e^θ + σ_max(X)²]."""
+def scalar_data(seed: int, n: int) -> tuple[NDArray, Tree, float, float]:
+    """θ ∈ [0, 1], task (NumPy), and the inner Hessian's spectrum bounds [e^θ, e^θ + σ_max(X)²]."""
     g = rng(seed)
     x = 0.5 * randn(g, n, n) / math.sqrt(n)
     theta = rand(g)
-    big = math.exp(float(theta)) + float(torch.linalg.matrix_norm(x, ord=2)) ** 2
+    big = math.exp(float(theta)) + float(np.linalg.norm(x, ord=2)) ** 2
     return theta, {"c": randn(g, n), "X": x, "z": randn(g, n)}, math.exp(float(theta)), big
 
 
 @pytest.mark.parametrize("kind", UNROLLED_KINDS + IMPLICIT_KINDS)
 @settings(max_examples=3)
 @given(seed=seeds, n=st.integers(1, 4), steps=st.integers(0, 4), extra=st.integers(0, 2))
-def test_zero_dimensional_meta(kind: str, seed: int, n: int, steps: int, extra: int) -> None:
-    theta, task, mu, big = scalar_data(seed, n)
+def test_zero_dimensional_meta(
+    fw: Framework, kind: str, seed: int, n: int, steps: int, extra: int
+) -> None:
+    theta, task, mu, big = fw.tree(scalar_data(seed, n))
     if kind in IMPLICIT_KINDS:
         strategy: Any = implicit(kind, (mu, big))
         solver = solvers.GradientDescent(
@@ -579,9 +602,9 @@ def test_zero_dimensional_meta(kind: str, seed: int, n: int, steps: int, extra: 
 
 @settings(max_examples=5)
 @given(seed=seeds, n=st.integers(1, 4))
-def test_first_order_with_black_box_solver(seed: int, n: int) -> None:
+def test_first_order_with_black_box_solver(fw: Framework, seed: int, n: int) -> None:
     """FirstOrder's map holds the black-box solution fixed, so its FD check is exact."""
-    theta, task, _, _ = init_dependent_data(seed, n)
+    theta, task, _, _ = fw.tree(init_dependent_data(seed, n))
     check_hypergrad(INIT_DEPENDENT, solvers.Scipy("L-BFGS-B"), theta, task, FirstOrder())
 
 
@@ -590,57 +613,62 @@ def test_first_order_with_black_box_solver(seed: int, n: int) -> None:
 
 @settings(max_examples=10)
 @given(seed=seeds, steps=st.integers(0, 5), extra=st.integers(0, 3), lr=st.floats(0.05, 0.5))
-def test_truncated_at_least_k_equals_unrolled(seed: int, steps: int, extra: int, lr: float) -> None:
-    meta, task = mlp_data(seed, 2, 3)
+def test_truncated_at_least_k_equals_unrolled(
+    fw: Framework, seed: int, steps: int, extra: int, lr: float
+) -> None:
+    meta, task = fw.tree(mlp_data(seed, 2, 3))
     solver = solvers.GradientDescent(lr=lr, steps=steps)
-    problem = mlp_problem(0.0)
-    full = hypergrad(problem, solver, meta, task, strategy=Unrolled())
-    cut = hypergrad(problem, solver, meta, task, strategy=Truncated(max(steps, 1) + extra))
+    full = hypergrad(MAML, solver, meta, task, strategy=Unrolled())
+    cut = hypergrad(MAML, solver, meta, task, strategy=Truncated(max(steps, 1) + extra))
     # T ≥ K freezes nothing: the same operations in the same order, so equal to roundoff
     # (in practice bit-identical); 1e-12 relative is the design table's bound.
-    assert _rel_err(cut.grad, full.grad) <= 1e-12
+    assert rel_err(cut.grad, full.grad) <= 1e-12
     assert float(cut.value) == pytest.approx(float(full.value), rel=1e-12)
 
 
 @settings(max_examples=10)
 @given(seed=seeds, steps=st.integers(0, 5), lr=st.floats(0.05, 0.5), momentum=st.floats(0.0, 0.9))
-def test_unrolled_equals_forward_mode(seed: int, steps: int, lr: float, momentum: float) -> None:
-    meta, task = mlp_data(seed, 2, 2)
+def test_unrolled_equals_forward_mode(
+    fw: Framework, seed: int, steps: int, lr: float, momentum: float
+) -> None:
+    meta, task = fw.tree(mlp_data(seed, 2, 2))
     solver = solvers.GradientDescent(lr=lr, steps=steps, momentum=momentum)
-    problem = mlp_problem(0.0)
-    rev = hypergrad(problem, solver, meta, task, strategy=Unrolled())
-    fwd = hypergrad(problem, solver, meta, task, strategy=ForwardMode())
+    rev = hypergrad(MAML, solver, meta, task, strategy=Unrolled())
+    fwd = hypergrad(MAML, solver, meta, task, strategy=ForwardMode())
     # Forward and reverse mode multiply the same Jacobians in opposite orders: the results
     # differ by float64 roundoff, ~K·u·(product of Jacobian norms) ≲ 1e-14 here; 1e-10 is slack.
-    assert _rel_err(fwd.grad, rev.grad) <= 1e-10
+    assert rel_err(fwd.grad, rev.grad) <= 1e-10
     assert float(fwd.value) == pytest.approx(float(rev.value), rel=1e-12)
 
 
 @settings(max_examples=10)
 @given(seed=seeds, n=st.integers(1, 4))
-def test_first_order_equals_unrolled_without_steps(seed: int, n: int) -> None:
+def test_first_order_equals_unrolled_without_steps(fw: Framework, seed: int, n: int) -> None:
     # init = 2w and θ in both losses, so the init Jacobian and ∂_θF both matter.
-    theta, task, _, _ = init_dependent_data(seed, n)
+    theta, task, _, _ = fw.tree(init_dependent_data(seed, n))
     solver = solvers.GradientDescent(lr=0.3, steps=0)
     fo = hypergrad(INIT_DEPENDENT, solver, theta, task, strategy=FirstOrder())
     un = hypergrad(INIT_DEPENDENT, solver, theta, task, strategy=Unrolled())
     # K = 0: both are d/dθ F(init(θ), θ) through the same elementary operations; the only
     # difference is how the chain rule is grouped, i.e. a few ulp: 1e-12 relative.
-    assert _rel_err(fo.grad, un.grad) <= 1e-12
+    assert rel_err(fo.grad, un.grad) <= 1e-12
 
 
 @settings(max_examples=10)
 @given(seed=seeds, n=st.integers(2, 5), m=st.integers(1, 3))
-def test_implicit_is_the_limit_of_unrolled_on_a_quadratic(seed: int, n: int, m: int) -> None:
+def test_implicit_is_the_limit_of_unrolled_on_a_quadratic(
+    fw: Framework, seed: int, n: int, m: int
+) -> None:
     r"""On the quadratic, with M = I − αA and φ₀ = Pθ:
 
     dφ_K/dθ = M^K P + (I − M^K) A⁻¹B, while Implicit uses A⁻¹B at the same φ_K, so
     Implicit − Unrolled = −(M^K (P − A⁻¹B))ᵀ ∇_φF(φ_K) exactly, which is O(ρ^K), ρ = ‖M‖ = 1/2.
     """
-    meta, task = quadratic_task(seed, n, m)
-    a, b, p = task["A"], task["B"], task["P"]
-    mk = torch.eye(n, dtype=F64) - QUAD_LR * a
-    sens = torch.linalg.solve(a, b)
+    meta_np, task_np = quadratic_task(seed, n, m)
+    meta, task = fw.tree((meta_np, task_np))
+    a, b, p = task_np["A"], task_np["B"], task_np["P"]
+    mk = np.eye(n) - QUAD_LR * a
+    sens = np.linalg.solve(a, b)
     diffs = []
     for k in (1, 5, 20, 60):
         solver = solvers.GradientDescent(lr=QUAD_LR, steps=k)
@@ -648,14 +676,17 @@ def test_implicit_is_the_limit_of_unrolled_on_a_quadratic(seed: int, n: int, m: 
         warn = k < 20  # ‖∇f(φ_K)‖ > 1e-4 after few steps: Implicit says it is not exact
         with pytest.warns(StationarityWarning) if warn else contextlib.nullcontext():
             im = hypergrad(QUADRATIC, solver, meta, task, strategy=Implicit(solvers.CG(tol=1e-13)))
-        r = task["C"] @ un.params - task["d"]
-        gphi = task["C"].T @ r
-        predicted = -(torch.linalg.matrix_power(mk, k) @ (p - sens)).T @ gphi
+        r = task_np["C"] @ numpy(un.params) - task_np["d"]
+        gphi = task_np["C"].T @ r
+        predicted = -(np.linalg.matrix_power(mk, k) @ (p - sens)).T @ gphi
+        gap = flat(im.grad) - flat(un.grad)
         # The identity is exact; both sides carry float64 roundoff of K matrix products with
         # ‖M‖ ≤ 1/2 and a CG solve at tol 1e-13 with κ(A) ≤ 3: 1e-11 of the gradient's scale.
-        scale = float(un.grad.norm()) + float(gphi.norm()) * float((p - sens).norm())
-        torch.testing.assert_close(im.grad - un.grad, predicted, rtol=0, atol=1e-11 * scale)
-        diffs.append(float((im.grad - un.grad).norm()) / scale)
+        scale = float(np.linalg.norm(flat(un.grad))) + float(np.linalg.norm(gphi)) * float(
+            np.linalg.norm(p - sens)
+        )
+        assert_close(gap, predicted, rtol=0, atol=1e-11 * scale, what=f"K={k}")
+        diffs.append(float(np.linalg.norm(gap)) / scale)
     # The gap closes like ρ^K = 2^{-K}: at K = 60 it is below 2^{-60}·(norms) ≈ 1e-18, i.e. only
     # roundoff is left; 1e-12 of the scale states the limit.
     assert diffs[-1] <= 1e-12
@@ -668,14 +699,14 @@ def test_implicit_is_the_limit_of_unrolled_on_a_quadratic(seed: int, n: int, m: 
 @settings(max_examples=8)
 @given(seed=seeds, n=st.integers(2, 5), m=st.integers(1, 3), steps=st.integers(1, 5))
 def test_checker_rejects_first_order_against_unrolled_map(
-    seed: int, n: int, m: int, steps: int
+    fw: Framework, seed: int, n: int, m: int, steps: int
 ) -> None:
-    meta, task = quadratic_task(seed, n, m)
+    meta, task = fw.tree(quadratic_task(seed, n, m))
     solver = solvers.GradientDescent(lr=0.5 / HI, steps=steps)
     fo = hypergrad(QUADRATIC, solver, meta, task, strategy=FirstOrder()).grad
     un = hypergrad(QUADRATIC, solver, meta, task, strategy=Unrolled()).grad
     # The two maps really differ here (by (αΣMʲB + (Mᴷ − I)P)ᵀ∇_φF, generically O(1)) ...
-    assert _rel_err(fo, un) > 1e-3
+    assert rel_err(fo, un) > 1e-3
     # ... each passes against its own map ...
     check_hypergrad(QUADRATIC, solver, meta, task, FirstOrder())
     check_hypergrad(QUADRATIC, solver, meta, task, Unrolled())
@@ -688,8 +719,10 @@ def test_checker_rejects_first_order_against_unrolled_map(
 
 @settings(max_examples=8)
 @given(seed=seeds, steps=st.integers(2, 5), extra=st.integers(0, 3))
-def test_checker_rejects_truncated_against_unrolled_map(seed: int, steps: int, extra: int) -> None:
-    meta, task = quadratic_task(seed, 4, 2)
+def test_checker_rejects_truncated_against_unrolled_map(
+    fw: Framework, seed: int, steps: int, extra: int
+) -> None:
+    meta, task = fw.tree(quadratic_task(seed, 4, 2))
     solver = solvers.GradientDescent(lr=0.5 / HI, steps=steps)
     t = 1 + extra % (steps - 1)  # T < K: the first K − T steps are frozen
     check_hypergrad(QUADRATIC, solver, meta, task, Truncated(t))
@@ -701,9 +734,11 @@ def test_checker_rejects_truncated_against_unrolled_map(seed: int, steps: int, e
 
 @settings(max_examples=8)
 @given(seed=seeds, n=st.integers(2, 5), m=st.integers(1, 3))
-def test_checker_resolves_a_relative_error_of_1e_4(seed: int, n: int, m: int) -> None:
+def test_checker_resolves_a_relative_error_of_1e_4(
+    fw: Framework, seed: int, n: int, m: int
+) -> None:
     """A gradient off by a relative 1e-4 fails; off by 1e-9 passes (the tolerance is 1e-6)."""
-    meta, task = quadratic_task(seed, n, m)
+    meta, task = fw.tree(quadratic_task(seed, n, m))
     solver = solvers.GradientDescent(lr=0.5 / HI, steps=3)
     check_hypergrad(QUADRATIC, solver, meta, task, Scaled(Unrolled(), 1e-9))
     with pytest.raises(AssertionError, match="disagrees"):
@@ -712,8 +747,10 @@ def test_checker_resolves_a_relative_error_of_1e_4(seed: int, n: int, m: int) ->
 
 @settings(max_examples=5)
 @given(seed=seeds, n=st.integers(3, 6), m=st.integers(1, 3))
-def test_checker_rejects_an_unconverged_linear_solve(seed: int, n: int, m: int) -> None:
-    meta, task = quadratic_task(seed, n, m)
+def test_checker_rejects_an_unconverged_linear_solve(
+    fw: Framework, seed: int, n: int, m: int
+) -> None:
+    meta, task = fw.tree(quadratic_task(seed, n, m))
     solver = solvers.GradientDescent(lr=QUAD_LR, steps=QUAD_IMPLICIT_STEPS)
     # One CG iteration on a generic n ≥ 3 system (the right-hand side ∇_φF is no eigenvector
     # of A) leaves a residual of order one: Implicit warns, and the gradient is wrong by far
@@ -724,9 +761,11 @@ def test_checker_rejects_an_unconverged_linear_solve(seed: int, n: int, m: int) 
 
 @settings(max_examples=5)
 @given(seed=seeds, n=st.integers(2, 5), m=st.integers(1, 3), steps=st.integers(1, 4))
-def test_checker_rejects_implicit_before_convergence(seed: int, n: int, m: int, steps: int) -> None:
+def test_checker_rejects_implicit_before_convergence(
+    fw: Framework, seed: int, n: int, m: int, steps: int
+) -> None:
     """After a few inner steps the implicit formula is not the derivative of the solve map."""
-    meta, task = quadratic_task(seed, n, m)
+    meta, task = fw.tree(quadratic_task(seed, n, m))
     solver = solvers.GradientDescent(lr=QUAD_LR, steps=steps)
     with pytest.warns(StationarityWarning), pytest.raises(AssertionError, match="disagrees"):
         check_hypergrad(QUADRATIC, solver, meta, task, Implicit(solvers.Direct()))

@@ -3,6 +3,10 @@
 The arithmetic is checked against numbers computed by hand. Every operand is a small integer
 (or a half), so float64 arithmetic on them is exact and the comparisons use ``==``: any
 difference at all is a bug, there is no rounding to allow for.
+
+Every test with array leaves runs on torch and on JAX (the ``fw`` fixture,
+``tests/_frameworks.py``): the arrays are built from NumPy with ``fw.array`` and read back with
+``numpy``. Tests over plain Python leaves (ints, strings) touch no framework and run once.
 """
 
 from __future__ import annotations
@@ -10,22 +14,29 @@ from __future__ import annotations
 from collections import OrderedDict, defaultdict, namedtuple
 from typing import Any
 
+import numpy as np
 import pytest
-import torch
+from _frameworks import Framework, numpy
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bilevel import tree
-from bilevel.backends import TorchBackend
+from bilevel.backends import backend_for
 
 Pair = namedtuple("Pair", ["w", "b"])
 Other = namedtuple("Other", ["w", "b"])
 
-D = torch.float64
+D = np.float64
 
 
-def t(x: Any) -> torch.Tensor:
-    return torch.tensor(x, dtype=D)
+def t(fw: Framework, x: Any) -> Any:
+    """A float64 array of ``fw`` holding ``x``."""
+    return fw.array(np.asarray(x, dtype=D))
+
+
+def is_array(x: Any) -> bool:
+    """Whether ``x`` is a torch or JAX array (not a Python number or a NumPy array)."""
+    return hasattr(x, "shape") and not isinstance(x, np.ndarray)
 
 
 def same(a: Any, b: Any) -> bool:
@@ -36,8 +47,9 @@ def same(a: Any, b: Any) -> bool:
         return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, torch.Tensor):
-        return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+    if is_array(a):
+        na, nb = numpy(a), numpy(b)
+        return na.dtype == nb.dtype and na.shape == nb.shape and bool(np.array_equal(na, nb))
     return bool(a == b)
 
 
@@ -53,15 +65,17 @@ def test_flatten_sorts_dict_keys_and_walks_depth_first() -> None:
     assert str(treedef) == "{'a': Pair(*, {'q': *}), 'z': [*, (*, None)]}"
 
 
-def test_round_trip_keeps_types_and_dict_key_order() -> None:
+def test_round_trip_keeps_types_and_dict_key_order(fw: Framework) -> None:
     original = {
-        "z": [t(1.0), (t([2.0, 3.0]), None)],
-        "a": Pair(t(4.0), {"y": t([[5.0]]), "b": t(6.0)}),
-        "m": OrderedDict([("second", t(7.0)), ("first", t(8.0))]),
+        "z": [t(fw, 1.0), (t(fw, [2.0, 3.0]), None)],
+        "a": Pair(t(fw, 4.0), {"y": t(fw, [[5.0]]), "b": t(fw, 6.0)}),
+        "m": OrderedDict([("second", t(fw, 7.0)), ("first", t(fw, 8.0))]),
     }
     leaves, treedef = tree.flatten(original)
     rebuilt = tree.unflatten(treedef, leaves)
     assert same(rebuilt, original)
+    # the leaves are the very array objects passed in, in flattening order
+    assert leaves[0] is original["a"].w
     # spelled out, because this is what torch.func compares: the rebuilt dicts keep the
     # user's key order, not the sorted order used for flattening
     assert list(rebuilt) == ["z", "a", "m"]
@@ -190,19 +204,19 @@ def test_map_names_which_extra_argument_mismatches() -> None:
 
 
 @pytest.mark.parametrize("op", [tree.add, tree.sub, lambda a, b: tree.axpy(2.0, a, b)])
-def test_binary_ops_reject_mismatched_trees(op: Any) -> None:
+def test_binary_ops_reject_mismatched_trees(fw: Framework, op: Any) -> None:
     with pytest.raises(ValueError, match=r"tree\.map: argument 1"):
-        op({"w": t([1.0])}, {"v": t([1.0])})
+        op({"w": t(fw, [1.0])}, {"v": t(fw, [1.0])})
 
 
-def test_vdot_rejects_mismatched_trees() -> None:
+def test_vdot_rejects_mismatched_trees(fw: Framework) -> None:
     with pytest.raises(ValueError, match=r"structure"):
-        tree.vdot({"a": t([1.0, 1.0])}, {"b": t([1.0, 1.0])})
+        tree.vdot({"a": t(fw, [1.0, 1.0])}, {"b": t(fw, [1.0, 1.0])})
 
 
-def test_vdot_leaf_count_mismatch_message_names_the_call() -> None:
+def test_vdot_leaf_count_mismatch_message_names_the_call(fw: Framework) -> None:
     with pytest.raises(ValueError, match=r"tree\.vdot"):
-        tree.vdot([t([1.0])], [t([1.0]), t([2.0])])
+        tree.vdot([t(fw, [1.0])], [t(fw, [1.0]), t(fw, [2.0])])
 
 
 # ----------------------------------------------------------------------------- arithmetic
@@ -211,28 +225,34 @@ A = {"w": [1.0, 2.0], "b": 3.0}
 B = {"w": [4.0, 5.0], "b": -2.0}
 
 
-def tt(x: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return {k: t(v) for k, v in x.items()}
+def tt(fw: Framework, x: dict[str, Any]) -> dict[str, Any]:
+    return {k: t(fw, v) for k, v in x.items()}
 
 
-def test_vdot_by_hand() -> None:
+def value(x: Any) -> Any:
+    """A 0-d array as a Python float, a 1-d one as a list of floats."""
+    return numpy(x).tolist()
+
+
+def test_vdot_by_hand(fw: Framework) -> None:
     # 1·4 + 2·5 + 3·(−2) = 8
-    v = tree.vdot(tt(A), tt(B))
-    assert isinstance(v, torch.Tensor)
-    assert v.ndim == 0
-    assert v.dtype == D
-    assert v.item() == 8.0
+    v = tree.vdot(tt(fw, A), tt(fw, B))
+    assert is_array(v)
+    assert backend_for(v).name == fw.name  # an array of the leaves' framework
+    assert numpy(v).ndim == 0
+    assert numpy(v).dtype == D
+    assert value(v) == 8.0
     # pairs leaves by key even when the second dict lists them in another order
-    assert tree.vdot(tt(A), {"b": t(-2.0), "w": t([4.0, 5.0])}).item() == 8.0
+    assert value(tree.vdot(tt(fw, A), {"b": t(fw, -2.0), "w": t(fw, [4.0, 5.0])})) == 8.0
     # ‖A‖² = 1 + 4 + 9
-    assert tree.vdot(tt(A), tt(A)).item() == 14.0
+    assert value(tree.vdot(tt(fw, A), tt(fw, A))) == 14.0
 
 
-def test_vdot_over_mixed_shapes_sums_every_entry() -> None:
-    a = [t(2.0), (t([[1.0], [2.0]]), {"k": t([[1.0, -1.0, 0.5]])})]
-    b = [t(3.0), (t([[4.0], [-1.0]]), {"k": t([[2.0, 2.0, 2.0]])})]
+def test_vdot_over_mixed_shapes_sums_every_entry(fw: Framework) -> None:
+    a = [t(fw, 2.0), (t(fw, [[1.0], [2.0]]), {"k": t(fw, [[1.0, -1.0, 0.5]])})]
+    b = [t(fw, 3.0), (t(fw, [[4.0], [-1.0]]), {"k": t(fw, [[2.0, 2.0, 2.0]])})]
     # 2·3 + (1·4 + 2·(−1)) + (2 − 2 + 1) = 6 + 2 + 1
-    assert tree.vdot(a, b).item() == 9.0
+    assert value(tree.vdot(a, b)) == 9.0
 
 
 def test_vdot_of_a_tree_without_leaves_is_zero() -> None:
@@ -240,49 +260,59 @@ def test_vdot_of_a_tree_without_leaves_is_zero() -> None:
     assert tree.vdot(None, None) == 0.0
 
 
-def test_add_sub_scale_axpy_by_hand() -> None:
-    a, b = tt(A), tt(B)
+def test_add_sub_scale_axpy_by_hand(fw: Framework) -> None:
+    a, b = tt(fw, A), tt(fw, B)
     added = tree.add(a, b)
-    assert added["w"].tolist() == [5.0, 7.0]
-    assert added["b"].item() == 1.0
+    assert value(added["w"]) == [5.0, 7.0]
+    assert value(added["b"]) == 1.0
     diff = tree.sub(a, b)
-    assert diff["w"].tolist() == [-3.0, -3.0]
-    assert diff["b"].item() == 5.0
+    assert value(diff["w"]) == [-3.0, -3.0]
+    assert value(diff["b"]) == 5.0
     scaled = tree.scale(-0.5, a)
-    assert scaled["w"].tolist() == [-0.5, -1.0]
-    assert scaled["b"].item() == -1.5
+    assert value(scaled["w"]) == [-0.5, -1.0]
+    assert value(scaled["b"]) == -1.5
     # axpy(s, x, y) = s·x + y: 2·[1, 2] + [4, 5] = [6, 9]; 2·3 − 2 = 4
     res = tree.axpy(2.0, a, b)
-    assert res["w"].tolist() == [6.0, 9.0]
-    assert res["b"].item() == 4.0
-    # a 0-d tensor scalar works like a float, and keeps the dtype
-    res0 = tree.axpy(t(-1.0), a, b)
-    assert res0["w"].tolist() == [3.0, 3.0]
-    assert res0["b"].item() == -5.0
-    assert res0["w"].dtype == D
+    assert value(res["w"]) == [6.0, 9.0]
+    assert value(res["b"]) == 4.0
+    # a 0-d array scalar works like a float, and keeps the dtype
+    res0 = tree.axpy(t(fw, -1.0), a, b)
+    assert value(res0["w"]) == [3.0, 3.0]
+    assert value(res0["b"]) == -5.0
+    assert numpy(res0["w"]).dtype == D
+    assert all(is_array(leaf) and backend_for(leaf).name == fw.name for leaf in tree.leaves(res0))
     assert list(res) == list(a)
 
 
-def test_arithmetic_does_not_modify_its_inputs() -> None:
-    a, b = tt(A), tt(B)
-    before = {k: v.clone() for k, v in a.items()}
+def test_arithmetic_does_not_modify_its_inputs(fw: Framework) -> None:
+    a, b = tt(fw, A), tt(fw, B)
+    leaves = dict(a)
+    # copies: torch's .numpy() shares memory with the tensor, so an in-place change would show
+    before = {k: np.array(numpy(v), copy=True) for k, v in a.items()}
     tree.add(a, b)
     tree.sub(a, b)
     tree.scale(3.0, a)
     tree.axpy(2.0, a, b)
-    assert all(torch.equal(a[k], before[k]) for k in a)
+    assert all(a[k] is leaves[k] for k in leaves) and list(a) == list(leaves)
+    assert all(np.array_equal(numpy(a[k]), before[k]) for k in a)
 
 
-def test_zeros_like_keeps_structure_shapes_and_dtypes() -> None:
-    x = {"f": t([[1.5, -2.0]]), "i": torch.tensor([3, 4]), "s": [t(7.0)]}
-    z = TorchBackend().zeros_like(x)
+def test_zeros_like_keeps_structure_shapes_and_dtypes(fw: Framework) -> None:
+    x = {
+        "f": t(fw, [[1.5, -2.0]]),
+        "i": fw.array(np.array([3, 4], dtype=np.int64)),
+        "s": [t(fw, 7.0)],
+    }
+    z = backend_for(x).zeros_like(x)
     assert tree.structure(z) == tree.structure(x)
-    assert z["f"].shape == (1, 2)
-    assert z["f"].dtype == D
-    assert z["i"].dtype == torch.int64
-    assert all(bool((leaf == 0).all()) for leaf in tree.leaves(z))
+    assert numpy(z["f"]).shape == (1, 2)
+    assert numpy(z["f"]).dtype == D
+    assert numpy(z["i"]).dtype == np.int64
+    assert all(is_array(leaf) and backend_for(leaf).name == fw.name for leaf in tree.leaves(z))
+    assert all(bool((numpy(leaf) == 0).all()) for leaf in tree.leaves(z))
 
 
-def test_zeros_like_of_non_finite_values_is_zero() -> None:
-    z = TorchBackend().zeros_like({"a": t([float("nan"), float("inf"), 1.0])})
-    assert z["a"].tolist() == [0.0, 0.0, 0.0]
+def test_zeros_like_of_non_finite_values_is_zero(fw: Framework) -> None:
+    x = {"a": t(fw, [float("nan"), float("inf"), 1.0])}
+    z = backend_for(x).zeros_like(x)
+    assert value(z["a"]) == [0.0, 0.0, 0.0]

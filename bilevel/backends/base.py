@@ -38,6 +38,16 @@ class Backend(Protocol):
         """``fn``'s value and gradient: returns ``(value, grad)``, or ``((value, aux), grad)``."""
         ...
 
+    def compiled(self, fn: Callable[..., Any], /) -> Callable[..., Any]:
+        """A function equal to the pure function ``fn``, compiled where the backend compiles.
+
+        Keep the returned function and call it again: the compiled form is reused on every call
+        with arguments of the same shapes and dtypes. JAX: ``jax.jit``, falling back to calling
+        ``fn`` eagerly (from then on) when it cannot be traced (Python control flow on values,
+        non-array arguments); torch: ``fn`` itself. It composes with the other transforms.
+        """
+        ...
+
     def vjp(
         self, fn: Callable[..., Any], *primals: Tree
     ) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:

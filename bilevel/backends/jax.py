@@ -15,6 +15,11 @@ semantics of :class:`~bilevel.backends.torch.TorchBackend`, with these JAX-speci
   task), as ``torch.func.vmap`` passes them through, where ``jax.vmap`` would reject them.
 - **ravel** casts each piece back to its leaf's dtype when unravelling (``jax.vjp`` and
   ``jax.jvp`` require cotangents and tangents of exactly the primal dtype).
+- **Compiled inner steps.** :meth:`JaxBackend.compiled` wraps ``jax.jit``; the library compiles
+  the inner loss's value-and-gradient once per loss function (and per shape), so an eager inner
+  loop runs one compiled call per step. The loss must then be a pure function: Python side
+  effects run only while it is traced. A loss ``jax.jit`` cannot trace (Python ``if`` on a
+  value, non-array arguments) is called eagerly instead, with the same results.
 - **Host synchronisation.** ``to_float`` and ``to_numpy`` need concrete values: they raise
   JAX's ``ConcretizationTypeError`` inside ``jax.jit``.
 """
@@ -118,6 +123,21 @@ class JaxBackend:
         self, fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0, has_aux: bool = False
     ) -> Callable[..., tuple[Any, Any]]:
         return jax.value_and_grad(fn, argnums=argnums, has_aux=has_aux)
+
+    def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        jitted = jax.jit(fn)
+        traceable = True
+
+        def call(*args: Any) -> Any:
+            nonlocal traceable
+            if traceable:
+                try:
+                    return jitted(*args)
+                except TypeError:  # JAX's tracer errors are TypeErrors; so are non-array args
+                    traceable = False  # fn itself raises again below if the error is fn's own
+            return fn(*args)
+
+        return call
 
     def vjp(
         self, fn: Callable[..., Any], *primals: Tree

@@ -58,6 +58,9 @@ class TorchBackend:
 
         return wrapped
 
+    def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return fn
+
     def vjp(
         self, fn: Callable[..., Any], *primals: Tree
     ) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
@@ -113,7 +116,10 @@ class TorchBackend:
         return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
     def host_bool(self, x: Any) -> bool | None:
-        return bool(x)
+        try:
+            return bool(x)
+        except RuntimeError:  # inside torch.func.vmap there is no one value on the host
+            return None
 
     def to_float(self, x: Any) -> float:
         return float(x.detach().cpu().item()) if isinstance(x, torch.Tensor) else float(x)
