@@ -18,9 +18,10 @@ semantics of :class:`~bilevel.backends.torch.TorchBackend`, with these JAX-speci
 - **Compiled inner steps.** :meth:`JaxBackend.compiled` wraps ``jax.jit``; the library compiles
   the inner loss's value-and-gradient once per loss function (and per shape), so an eager inner
   loop runs one compiled call per step, and ``hypergrad`` runs a repeated call (the third with
-  the same problem, solver, strategy and shapes) as one compiled program. The loss must then be a pure function: Python side
-  effects run only while it is traced. A loss ``jax.jit`` cannot trace (Python ``if`` on a
-  value, non-array arguments) is called eagerly instead, with the same results.
+  the same problem, solver, strategy and shapes) as one compiled program. The loss must then be
+  a pure function: Python side effects run only while it is traced. A loss ``jax.jit`` cannot
+  trace (Python ``if`` on a value, non-array arguments) is called eagerly instead, with the
+  same results.
 - **Host synchronisation.** ``to_float`` and ``to_numpy`` need concrete values: they raise
   JAX's ``ConcretizationTypeError`` inside ``jax.jit``.
 """
