@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from bilevel import tree
 from bilevel._compile import compiled_once
@@ -167,13 +167,18 @@ def hypergrad(
     _check_inputs(problem, strategy, meta, backend)
     strategy.validate(solver)
     meta, data = backend.untape(meta), backend.untape(data)
-    compile_ = not isinstance(strategy, TwoPhase) and _all_arrays(backend, meta, data)
+    # None where this call cannot be compiled: host-side steps (TwoPhase) or non-array inputs
+    compilable = not isinstance(strategy, TwoPhase) and _all_arrays(backend, meta, data)
+    key = (strategy, solver) if compilable else None
+
+    def single(p: Problem, m: Tree, t: Tree) -> tuple[Any, ...]:
+        return tuple(strategy.compute(p, solver, m, t, backend))
+
+    def one_of(p: Problem) -> Callable[[Tree, Tree], tuple[Any, ...]]:
+        return lambda m, t: single(p, m, t)
+
     if not isinstance(task, Batch):
-        fn = _compiled(problem, solver, strategy, backend, "compute", meta, data, compile_)
-        if fn is not None:
-            out = Outcome(*fn(meta, data))
-        else:
-            out = strategy.compute(problem, solver, meta, data, backend)
+        out = Outcome(*_run(single, "compute", key, problem, meta, data, backend))
         raise_nonfinite(
             out.value,
             out.grad,
@@ -193,23 +198,25 @@ def hypergrad(
     if strategy.vectorizable(solver):
         dims = _task_axes(data, backend)
 
-        def one(m: Tree, t: Tree) -> tuple[Any, Tree, Tree, dict[str, Any]]:
-            return tuple(strategy.compute(problem, solver, m, t, backend))  # type: ignore[return-value]
-
         if isinstance(strategy, ReverseModeOfMap):
-            fn = _compiled(problem, solver, strategy, backend, "grad_of_mean", meta, data, compile_)
-            if fn is not None:
-                values, mean_grad, params, diags = fn(meta, data)
-            else:
-                values, mean_grad, params, diags = _grad_of_mean(
-                    strategy, problem, solver, meta, data, dims, backend
-                )
+            reverse = strategy
+
+            def grad_of_mean(p: Problem, m: Tree, t: Tree) -> Any:
+                return _grad_of_mean(reverse, p, solver, m, t, _task_axes(t, backend), backend)
+
+            values, mean_grad, params, diags = _run(
+                grad_of_mean, "grad_of_mean", key, problem, meta, data, backend
+            )
             grads = None
-            vmapped_one = backend.vmap(one, in_dims=(None, dims))
-        elif fn := _compiled(problem, solver, strategy, backend, "vmapped", meta, data, compile_):
-            values, grads, params, diags = fn(meta, data)
+            vmapped_one = backend.vmap(one_of(problem), in_dims=(None, dims))
         else:
-            values, grads, params, diags = backend.vmap(one, in_dims=(None, dims))(meta, data)
+
+            def vmapped(p: Problem, m: Tree, t: Tree) -> Any:
+                return backend.vmap(one_of(p), in_dims=(None, _task_axes(t, backend)))(m, t)
+
+            values, grads, params, diags = _run(
+                vmapped, "vmapped", key, problem, meta, data, backend
+            )
         task_diags = [tree.index(diags, i) for i in range(n)] if diags else [{}] * n
     else:
         if isinstance(strategy, TwoPhase) and vectorizable(solver):  # vmap the inner solves
@@ -264,58 +271,40 @@ _SEEN: weakref.WeakKeyDictionary[Problem, dict[Hashable, int]] = weakref.WeakKey
 EAGER_CALLS = 2  # calls with one signature that run eagerly before it is compiled
 
 
-def _compiled(
-    problem: Problem,
-    solver: Any,
-    strategy: Strategy,
-    backend: Backend,
+def _run(
+    fn: Callable[[Problem, Tree, Tree], Any],
     kind: str,
+    key: Hashable | None,
+    problem: Problem,
     meta: Tree,
     data: Tree,
-    allowed: bool,
-) -> Callable[[Tree, Tree], Any] | None:
-    """One task's ``compute`` (``kind="compute"``), or a batch's gradient of the mean
-    (``"grad_of_mean"``) or vmapped ``compute`` (``"vmapped"``), as one function of
-    ``(meta, data)`` compiled by the backend (JAX: one ``jax.jit`` program instead of one
-    dispatch per operation), or ``None``: run eagerly.
+    backend: Backend,
+) -> Any:
+    """``fn(problem, meta, data)``, run as one program compiled by the backend (JAX: one
+    ``jax.jit`` program instead of one dispatch per operation) once the same ``kind``, ``key``
+    (strategy and solver), problem and input shapes come back a third time (a training loop);
+    eagerly before, and always where ``key`` is ``None``.
 
-    Compiled from the third call with the same problem, solver, strategy and input shapes on
-    (a training loop), eager before: compiling a whole unrolled loop costs about ten eager runs
-    (≈2 s against ≈0.2 s for 40 steps on a CPU), so one-off calls (tests, a few evaluations at
-    new shapes) stay eager. Only where ``allowed``
-    (arrays-only inputs, a strategy without host-side steps); the host checks run on the
-    outputs, and the failure path (locating a non-finite step) runs eagerly.
+    Compiling a whole unrolled loop costs about ten eager runs (≈2 s against ≈0.2 s for 40
+    steps on a CPU), so one-off calls (tests, evaluations at new shapes) stay eager. The host
+    checks run on the outputs either way, and the failure path (locating a non-finite step)
+    runs eagerly. ``fn`` must not close over ``problem``: the compiled program is kept with it.
     """
-    if not allowed:
-        return None
-    leaves, structure = tree.flatten((meta, data))
-    signature = (kind, strategy, solver, structure, tuple((x.shape, str(x.dtype)) for x in leaves))
-    try:
-        seen = _SEEN.setdefault(problem, {})
-        if seen.get(signature, 0) < EAGER_CALLS:
-            seen[signature] = seen.get(signature, 0) + 1
-            return None
-    except TypeError:  # an unhashable solver or strategy: nothing to key a cache on
-        return None
-
-    def make(get: Callable[[], Any]) -> Callable[[Tree, Tree], Any]:
-        def compute(meta: Tree, data: Tree) -> Any:
-            p = get()
-            if kind == "compute":
-                return tuple(strategy.compute(p, solver, meta, data, backend))
-            dims = _task_axes(data, backend)
-            if kind == "grad_of_mean":
-                reverse = cast(ReverseModeOfMap, strategy)  # only asked for such strategies
-                return _grad_of_mean(reverse, p, solver, meta, data, dims, backend)
-
-            def one(m: Tree, t: Tree) -> Any:
-                return tuple(strategy.compute(p, solver, m, t, backend))
-
-            return backend.vmap(one, in_dims=(None, dims))(meta, data)
-
-        return compute
-
-    return compiled_once(problem, backend, (kind, strategy, solver), make)
+    if key is not None:
+        leaves, structure = tree.flatten((meta, data))
+        signature = (kind, key, structure, tuple((x.shape, str(x.dtype)) for x in leaves))
+        try:
+            seen = _SEEN.setdefault(problem, {})
+            count = seen.get(signature, 0)
+            if count >= EAGER_CALLS:
+                compiled = compiled_once(
+                    problem, backend, (kind, key), lambda get: lambda m, t: fn(get(), m, t)
+                )
+                return compiled(meta, data)
+            seen[signature] = count + 1
+        except TypeError:  # an unhashable solver or strategy: nothing to key a cache on
+            pass
+    return fn(problem, meta, data)
 
 
 def _grad_of_mean(
