@@ -7,7 +7,7 @@ BIN = $(VENV)/bin
 # the range declared in pyproject.toml.
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= test,interop,examples,dev,jax
-SRC = bilevel solvers
+SRC = bilevel
 # pytest-xdist: one worker per core (the JAX half of the suite is mostly single-threaded
 # compilation). PYTEST_ARGS= runs in one process.
 PYTEST_ARGS ?= -n auto

@@ -51,8 +51,7 @@ from torch import func as tf
 from torch import nn
 
 import bilevel
-import solvers
-from bilevel import Batch, Implicit, Problem, Unrolled, hypergrad
+from bilevel import Batch, Implicit, Problem, Unrolled, hypergrad, solvers
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

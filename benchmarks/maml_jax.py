@@ -42,8 +42,7 @@ import numpy as np
 import torch
 
 import bilevel
-import solvers
-from bilevel import Batch, Problem, Unrolled, hypergrad
+from bilevel import Batch, Problem, Unrolled, hypergrad, solvers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import maml as torch_bench  # the torch benchmark: same problem, data and weights

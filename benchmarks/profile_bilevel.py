@@ -45,8 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import maml
 
-import solvers
-from bilevel import Unrolled, tree
+from bilevel import Unrolled, solvers, tree
 from bilevel.backends import backend_for
 
 

@@ -152,7 +152,8 @@ def hypergrad(
         RuntimeError: if the inner loop or the hypergradient becomes non-finite.
 
     Example:
-        >>> import torch, solvers
+        >>> import torch
+        >>> from bilevel import solvers
         >>> from bilevel import Batch, Problem, hypergrad, Unrolled
         >>> p = Problem(init=lambda m, t: m,
         ...             inner_loss=lambda w, m, t: ((w - t) ** 2).sum() / 2,
@@ -354,7 +355,8 @@ def solve(problem: Problem, solver: Any, meta: Tree, task: Tree) -> Tree:
         TypeError: for a wrong problem or solver, or arrays of two frameworks.
 
     Example:
-        >>> import torch, solvers
+        >>> import torch
+        >>> from bilevel import solvers
         >>> from bilevel import Batch, Problem, solve
         >>> p = Problem(init=lambda m, t: m,
         ...             inner_loss=lambda w, m, t: ((w - t) ** 2).sum() / 2,

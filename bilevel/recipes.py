@@ -21,9 +21,9 @@ from bilevel import tree
 from bilevel.backends import backend_for
 from bilevel.problem import Problem
 from bilevel.protocols import BlackBoxSolver, IterativeSolver, LinearSolver, SemiGradient
+from bilevel.solvers import CG, GradientDescent, UpdateRule
 from bilevel.strategies import FirstOrder, Implicit, Strategy, Unrolled
 from bilevel.validate import count, positive
-from solvers import CG, GradientDescent, UpdateRule
 
 __all__ = [
     "Config",
@@ -244,7 +244,8 @@ def hyperparameters(
         TypeError: if a function is not callable, or ``solver``/``linear`` is not a solver.
 
     Example:
-        >>> import torch, solvers
+        >>> import torch
+        >>> from bilevel import solvers
         >>> from bilevel import hypergrad, recipes
         >>> train, val = lambda w, t: 2.5 * (w - 2) ** 2, lambda w, t: (w - 3.25) ** 2 / 2
         >>> cfg = recipes.hyperparameters(train, val, lambda th, w: th * w**2 / 2,  # R = θw²/2

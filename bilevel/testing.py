@@ -117,7 +117,8 @@ def check_hypergrad(
         ValueError: if arrays are not float64 or ``step`` is not positive.
 
     Example:
-        >>> import torch, solvers
+        >>> import torch
+        >>> from bilevel import solvers
         >>> from bilevel import Problem, Unrolled
         >>> from bilevel.testing import check_hypergrad
         >>> p = Problem(init=lambda m, t: m,

@@ -22,8 +22,8 @@ from bilevel.backends import backend_for
 from bilevel.hypergrad import hypergrad
 from bilevel.recipes import Config
 from bilevel.result import Result
+from bilevel.solvers import optim
 from bilevel.validate import count
-from solvers import optim
 
 __all__ = ["History", "Trained", "fit"]
 
@@ -221,7 +221,7 @@ def fit(
 
     Example:
         >>> import torch
-        >>> import solvers
+        >>> from bilevel import solvers
         >>> from bilevel import recipes
         >>> from bilevel.trainer import fit
         >>> cfg = recipes.maml(lambda p, x: p["w"] * x, lambda p, y: ((p - y) ** 2).mean(),

@@ -94,8 +94,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-import solvers
-from bilevel import Batch, BilevelWarning, recipes, solve
+from bilevel import Batch, BilevelWarning, recipes, solve, solvers
 from bilevel.recipes import Config, FewShot
 from bilevel.trainer import History, fit
 

@@ -55,7 +55,6 @@ import threadpoolctl
 import torch
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
 
-import solvers
 from bilevel import (
     FirstOrder,
     ForwardMode,
@@ -66,6 +65,7 @@ from bilevel import (
     hypergrad,
     recipes,
     solve,
+    solvers,
 )
 from bilevel.recipes import Config
 from bilevel.trainer import fit

@@ -56,8 +56,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-import solvers
-from bilevel import Batch, recipes, solve
+from bilevel import Batch, recipes, solve, solvers
 from bilevel.recipes import Config, FewShot
 from bilevel.trainer import History, fit
 

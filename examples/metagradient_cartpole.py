@@ -89,8 +89,7 @@ import torch
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from tqdm import tqdm
 
-import solvers
-from bilevel import Problem, Result, Unrolled, solve
+from bilevel import Problem, Result, Unrolled, solve, solvers
 from bilevel.recipes import Config
 from bilevel.rl import lambda_returns
 from bilevel.trainer import fit

@@ -48,8 +48,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-import solvers
-from bilevel import Batch, ForwardMode, Problem, Unrolled, hypergrad, solve
+from bilevel import Batch, ForwardMode, Problem, Unrolled, hypergrad, solve, solvers
 from bilevel.rl import discounted_returns
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_report.py, also via importlib

@@ -78,8 +78,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-import solvers
-from bilevel import Batch, solve, tree
+from bilevel import Batch, solve, solvers, tree
 from bilevel.recipes import synaptic_rule
 from bilevel.trainer import fit
 

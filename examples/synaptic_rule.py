@@ -56,8 +56,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-import solvers
-from bilevel import Batch, solve
+from bilevel import Batch, solve, solvers
 from bilevel.recipes import synaptic_rule
 from bilevel.trainer import fit
 

@@ -12,11 +12,11 @@ frozen dataclass whose fields are its hyperparameters. :class:`Higher`,
 ``torch.optim``, higher's differentiable optimizers) into this functional form.
 """
 
-from solvers.compose import L1, Chain, ClipByGlobalNorm, CosineDecay, ScaleBySchedule, chain
-from solvers.inner import GradientDescent, Optimizer, Scipy, UpdateRule
-from solvers.interop import Higher, from_module, from_torch_optim
-from solvers.linear import CG, GMRES, MINRES, Direct, Neumann
-from solvers.optim import SGD, Adam
+from bilevel.solvers.compose import L1, Chain, ClipByGlobalNorm, CosineDecay, ScaleBySchedule, chain
+from bilevel.solvers.inner import GradientDescent, Optimizer, Scipy, UpdateRule
+from bilevel.solvers.interop import Higher, from_module, from_torch_optim
+from bilevel.solvers.linear import CG, GMRES, MINRES, Direct, Neumann
+from bilevel.solvers.optim import SGD, Adam
 
 __all__ = [
     "CG",

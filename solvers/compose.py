@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from bilevel import tree
+from bilevel.solvers.optim import sqrt_zero_safe, update
 from bilevel.validate import callable_with, count, nonnegative, positive
-from solvers.optim import sqrt_zero_safe, update
 
 __all__ = ["L1", "Chain", "ClipByGlobalNorm", "CosineDecay", "ScaleBySchedule", "chain"]
 
@@ -96,7 +96,7 @@ def chain(*transforms: Any) -> Chain:
 
     Example:
         >>> import torch
-        >>> from solvers import SGD, ClipByGlobalNorm, chain
+        >>> from bilevel.solvers import SGD, ClipByGlobalNorm, chain
         >>> opt = chain(ClipByGlobalNorm(1.0), SGD(lr=0.5))
         >>> g = {"a": torch.tensor(3.0), "b": torch.tensor(4.0)}  # norm 5: clipped to 1
         >>> updates, _ = opt.update(g, opt.init(g))
@@ -208,7 +208,7 @@ class ScaleBySchedule:
 
     Example:
         >>> import torch
-        >>> from solvers import SGD, CosineDecay, ScaleBySchedule, chain
+        >>> from bilevel.solvers import SGD, CosineDecay, ScaleBySchedule, chain
         >>> opt = chain(SGD(lr=1.0), ScaleBySchedule(CosineDecay(steps=2)))
         >>> state, g, factors = opt.init(torch.zeros(())), torch.tensor(-1.0), []
         >>> for _ in range(3):
@@ -254,7 +254,7 @@ class CosineDecay:
         TypeError / ValueError: for a non-integer or non-positive ``steps``, ``final`` ∉ [0, 1].
 
     Example:
-        >>> from solvers import CosineDecay
+        >>> from bilevel.solvers import CosineDecay
         >>> [round(CosineDecay(steps=4, final=0.1)(k), 6) for k in (0, 2, 4, 9)]
         [1.0, 0.55, 0.1, 0.1]
     """

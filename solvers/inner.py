@@ -18,8 +18,8 @@ import scipy.optimize
 
 from bilevel import tree
 from bilevel.protocols import InnerObjective, SemiGradient, SolverInfo
+from bilevel.solvers.optim import update
 from bilevel.validate import count, nonnegative, positive
-from solvers.optim import update
 
 __all__ = ["GradientDescent", "Optimizer", "Scipy", "UpdateRule"]
 
@@ -47,7 +47,7 @@ class GradientDescent:
         >>> import torch
         >>> from bilevel.backends import TorchBackend
         >>> from bilevel.protocols import InnerObjective
-        >>> from solvers import GradientDescent
+        >>> from bilevel.solvers import GradientDescent
         >>> obj = InnerObjective(lambda w, m, t: ((w - 3.0) ** 2).sum(), None, None, TorchBackend())
         >>> gd = GradientDescent(lr=0.25, steps=2)
         >>> s = gd.init(torch.zeros(1), obj)
@@ -121,7 +121,7 @@ class Optimizer:
         >>> import torch, torchopt
         >>> from bilevel.backends import TorchBackend
         >>> from bilevel.protocols import InnerObjective
-        >>> from solvers import Optimizer
+        >>> from bilevel.solvers import Optimizer
         >>> obj = InnerObjective(lambda w, m, t: ((w - 3.0) ** 2).sum(), None, None, TorchBackend())
         >>> opt = Optimizer(torchopt.sgd(lr=0.25), steps=1)
         >>> opt.params(opt.step(opt.init(torch.zeros(1), obj), obj)).tolist()
@@ -177,7 +177,7 @@ class UpdateRule:
         >>> import torch
         >>> from bilevel.backends import TorchBackend
         >>> from bilevel.protocols import InnerObjective
-        >>> from solvers import UpdateRule
+        >>> from bilevel.solvers import UpdateRule
         >>> obj = InnerObjective(None, torch.tensor(0.5), None, TorchBackend())
         >>> r = UpdateRule(lambda w, m, t: -m * w, steps=1)
         >>> r.params(r.step(r.init(torch.ones(2), obj), obj)).tolist()
@@ -234,7 +234,7 @@ class Scipy:
         >>> import torch
         >>> from bilevel.backends import TorchBackend
         >>> from bilevel.protocols import InnerObjective
-        >>> from solvers import Scipy
+        >>> from bilevel.solvers import Scipy
         >>> obj = InnerObjective(lambda w, m, t: ((w - 3.0) ** 2).sum(), None, None, TorchBackend())
         >>> w, info = Scipy().solve(torch.zeros(2, dtype=torch.float64), obj)
         >>> [round(x, 6) for x in w.tolist()], info.success

@@ -67,7 +67,7 @@ def from_module(module: Any) -> tuple[Any, dict[str, Any]]:
 
     Example:
         >>> import torch
-        >>> from solvers.interop import from_module
+        >>> from bilevel.solvers.interop import from_module
         >>> predict, params = from_module(torch.nn.Linear(2, 1))
         >>> sorted(params), predict(params, torch.ones(3, 2)).shape
         (['bias', 'weight'], torch.Size([3, 1]))
@@ -271,8 +271,9 @@ def from_torch_optim(optimizer: Any) -> TorchOptimTransform:
             or an option this function does not know.
 
     Example:
-        >>> import torch, solvers
-        >>> from solvers.interop import from_torch_optim
+        >>> import torch
+        >>> from bilevel import solvers
+        >>> from bilevel.solvers.interop import from_torch_optim
         >>> w = torch.zeros(2, requires_grad=True)
         >>> transform = from_torch_optim(torch.optim.SGD([w], lr=0.5, momentum=0.9))
         >>> solver = solvers.Optimizer(transform, steps=10)  # any strategy can differentiate it

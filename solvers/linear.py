@@ -80,7 +80,7 @@ class CG:
         >>> import torch
         >>> from bilevel.backends import TorchBackend
         >>> from bilevel.protocols import LinearOperator
-        >>> from solvers import CG
+        >>> from bilevel.solvers import CG
         >>> a = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
         >>> x, info = CG(maxiter=2).solve(LinearOperator(lambda v: a @ v, True),
         ...                               torch.tensor([1.0, 2.0], dtype=torch.float64),
@@ -192,7 +192,7 @@ class Neumann:
         >>> import torch
         >>> from bilevel.backends import TorchBackend
         >>> from bilevel.protocols import LinearOperator
-        >>> from solvers import Neumann
+        >>> from bilevel.solvers import Neumann
         >>> op = LinearOperator(lambda v: 1.5 * v, True)
         >>> x, info = Neumann(maxiter=200, alpha=0.5).solve(op, torch.tensor([3.0]),
         ...                                                 backend=TorchBackend())
@@ -295,7 +295,7 @@ class MINRES(_Krylov):
         >>> import torch
         >>> from bilevel.backends import TorchBackend
         >>> from bilevel.protocols import LinearOperator
-        >>> from solvers import MINRES
+        >>> from bilevel.solvers import MINRES
         >>> a = torch.tensor([[1.0, 0.0], [0.0, -2.0]], dtype=torch.float64)  # indefinite
         >>> x, info = MINRES().solve(LinearOperator(lambda v: a @ v, True),
         ...                          torch.tensor([1.0, 1.0], dtype=torch.float64),
@@ -330,7 +330,7 @@ class GMRES(_Krylov):
         >>> import torch
         >>> from bilevel.backends import TorchBackend
         >>> from bilevel.protocols import LinearOperator
-        >>> from solvers import GMRES
+        >>> from bilevel.solvers import GMRES
         >>> a = torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=torch.float64)  # not symmetric
         >>> x, info = GMRES().solve(LinearOperator(lambda v: a @ v, False),
         ...                         torch.tensor([3.0, 1.0], dtype=torch.float64),
@@ -368,7 +368,7 @@ class Direct:
         >>> import torch
         >>> from bilevel.backends import TorchBackend
         >>> from bilevel.protocols import LinearOperator
-        >>> from solvers import Direct
+        >>> from bilevel.solvers import Direct
         >>> a = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
         >>> x, info = Direct().solve(LinearOperator(lambda v: a @ v, True),
         ...                          torch.tensor([3.0, 3.0], dtype=torch.float64),

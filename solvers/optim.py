@@ -78,7 +78,7 @@ class SGD:
 
     Example:
         >>> import torch
-        >>> from solvers import SGD
+        >>> from bilevel.solvers import SGD
         >>> opt = SGD(lr=0.5)
         >>> params = {"w": torch.tensor(1.0)}
         >>> updates, state = opt.update({"w": torch.tensor(2.0)}, opt.init(params))
@@ -124,7 +124,7 @@ class Adam:
 
     Example:
         >>> import torch
-        >>> from solvers import Adam
+        >>> from bilevel.solvers import Adam
         >>> opt = Adam(lr=0.1)
         >>> updates, _ = opt.update(torch.tensor([3.0, -0.5]), opt.init(torch.zeros(2)))
         >>> [round(u, 4) for u in updates.tolist()]  # the first step is −η·sign(g)

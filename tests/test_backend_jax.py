@@ -38,7 +38,6 @@ import torch
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
-import solvers  # noqa: E402
 from bilevel import (  # noqa: E402
     Batch,
     FirstOrder,
@@ -49,6 +48,7 @@ from bilevel import (  # noqa: E402
     Unrolled,
     hypergrad,
     solve,
+    solvers,
     tree,
 )
 from bilevel.backends import backend_for  # noqa: E402
@@ -401,7 +401,7 @@ def test_mixing_torch_and_jax_leaves_is_a_type_error(where: str) -> None:
 
 def test_importing_bilevel_and_the_jax_backend_changes_nothing_global() -> None:
     code = (
-        "import sys, bilevel, solvers\n"
+        "import sys, bilevel\nfrom bilevel import solvers\n"
         "assert 'jax' not in sys.modules and 'torch' not in sys.modules\n"
         "import jax\n"
         "from bilevel.backends import JaxBackend\n"
@@ -415,7 +415,7 @@ def test_without_jax_bilevel_imports_and_asking_for_the_backend_says_how_to_inst
     code = (
         "import sys\n"
         "sys.modules['jax'] = None  # as if JAX were not installed\n"
-        "import bilevel, solvers\n"
+        "import bilevel\nfrom bilevel import solvers\n"
         "try:\n"
         "    from bilevel.backends import JaxBackend\n"
         "except ImportError as err:\n"

@@ -16,8 +16,7 @@ import pytest
 from _frameworks import Framework, assert_close, numpy, xp
 from _generators import randn, rng
 
-import solvers
-from bilevel import Batch, Implicit, Problem, hypergrad
+from bilevel import Batch, Implicit, Problem, hypergrad, solvers
 from bilevel.backends import Backend, backend_for
 from bilevel.protocols import LinearOperator
 

@@ -30,7 +30,6 @@ from _generators import rand, randn, rng, spd, spd_with
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import solvers
 from bilevel import (
     BilevelWarning,
     FirstOrder,
@@ -42,6 +41,7 @@ from bilevel import (
     Truncated,
     Unrolled,
     hypergrad,
+    solvers,
 )
 from bilevel.backends import backend_for
 from bilevel.protocols import LinearOperator, LinearSolver

@@ -16,10 +16,9 @@ import torch
 from _frameworks import Framework, assert_close, numpy, xp
 from _generators import randn, rng
 
-import solvers
-from bilevel import Batch, Problem, Unrolled, hypergrad, tree
+from bilevel import Batch, Problem, Unrolled, hypergrad, solvers, tree
+from bilevel.solvers import L1, SGD, Adam, ClipByGlobalNorm, CosineDecay, ScaleBySchedule, chain
 from bilevel.testing import check_hypergrad
-from solvers import L1, SGD, Adam, ClipByGlobalNorm, CosineDecay, ScaleBySchedule, chain
 
 pytestmark = pytest.mark.filterwarnings("error::bilevel.BilevelWarning")
 

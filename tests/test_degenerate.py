@@ -29,7 +29,6 @@ import pytest
 from _frameworks import Framework, assert_close, numpy, param_id, xp
 from _generators import randn, rng
 
-import solvers
 from bilevel import (
     Batch,
     FirstOrder,
@@ -40,6 +39,7 @@ from bilevel import (
     Truncated,
     Unrolled,
     hypergrad,
+    solvers,
     tree,
 )
 from bilevel.testing import check_hypergrad

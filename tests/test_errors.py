@@ -16,7 +16,6 @@ import pytest
 import torch
 from _frameworks import param_id
 
-import solvers
 from bilevel import (
     Batch,
     FirstOrder,
@@ -29,6 +28,7 @@ from bilevel import (
     Truncated,
     Unrolled,
     hypergrad,
+    solvers,
     tree,
 )
 from bilevel.testing import check_hypergrad

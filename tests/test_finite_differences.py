@@ -43,7 +43,6 @@ from _generators import rand, randn, rng, spd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import solvers
 from bilevel import (
     Batch,
     FirstOrder,
@@ -55,6 +54,7 @@ from bilevel import (
     Truncated,
     Unrolled,
     hypergrad,
+    solvers,
 )
 from bilevel.testing import check_hypergrad
 

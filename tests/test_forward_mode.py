@@ -11,8 +11,7 @@ import pytest
 from _frameworks import Framework, assert_close64
 from _generators import randn, rng
 
-import solvers
-from bilevel import Batch, ForwardMode, Problem, Unrolled, hypergrad
+from bilevel import Batch, ForwardMode, Problem, Unrolled, hypergrad, solvers
 
 PROBLEM = Problem(
     init=lambda m, t: m["w"] * m["s"],

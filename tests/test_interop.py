@@ -29,8 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-import solvers
-from bilevel import Batch, FirstOrder, Problem, Unrolled, hypergrad
+from bilevel import Batch, FirstOrder, Problem, Unrolled, hypergrad, solvers
 from bilevel.testing import check_hypergrad
 
 higher = pytest.importorskip("higher")

@@ -21,10 +21,9 @@ import torch
 from _examples import load_example
 from torch import nn
 
-import solvers
-from bilevel import Batch, FirstOrder, ForwardMode, Problem, Truncated, Unrolled, hypergrad
+from bilevel import Batch, FirstOrder, ForwardMode, Problem, Truncated, Unrolled, hypergrad, solvers
+from bilevel.solvers.interop import Higher, from_module, from_torch_optim
 from bilevel.testing import check_hypergrad
-from solvers.interop import Higher, from_module, from_torch_optim
 
 higher = pytest.importorskip("higher")
 torchopt = pytest.importorskip("torchopt")

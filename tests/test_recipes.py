@@ -31,7 +31,6 @@ import torch
 from _frameworks import Framework, assert_close64, numpy, rel_err, xp
 from _generators import rand, randn, rng
 
-import solvers
 from bilevel import (
     Batch,
     FirstOrder,
@@ -40,6 +39,7 @@ from bilevel import (
     Truncated,
     Unrolled,
     hypergrad,
+    solvers,
 )
 from bilevel.recipes import (
     Config,

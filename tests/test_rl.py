@@ -19,8 +19,7 @@ from _generators import rand, randn, rng
 from hypothesis import given
 from hypothesis import strategies as st
 
-import solvers
-from bilevel import Batch, ForwardMode, Problem, Unrolled, hypergrad
+from bilevel import Batch, ForwardMode, Problem, Unrolled, hypergrad, solvers
 from bilevel.backends import backend_for
 from bilevel.rl import discounted_returns, lambda_returns, n_step_returns
 from bilevel.testing import check_hypergrad

@@ -23,7 +23,6 @@ import torch
 from _frameworks import Framework, assert_close64, numpy, sigmoid, xp
 from _generators import randn, rng
 
-import solvers
 from bilevel import (
     Batch,
     ForwardMode,
@@ -33,6 +32,7 @@ from bilevel import (
     Truncated,
     Unrolled,
     hypergrad,
+    solvers,
 )
 from bilevel.testing import check_hypergrad
 

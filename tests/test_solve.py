@@ -17,8 +17,7 @@ import pytest
 from _frameworks import Framework, assert_close64, numpy
 from _generators import randn, rng
 
-import solvers
-from bilevel import Batch, FirstOrder, Problem, Unrolled, hypergrad, solve
+from bilevel import Batch, FirstOrder, Problem, Unrolled, hypergrad, solve, solvers
 
 PROBLEM = Problem(
     init=lambda m, t: m,

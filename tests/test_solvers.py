@@ -30,8 +30,7 @@ import pytest
 from _frameworks import Framework, assert_close, flat, numpy, rel_err, xp
 from _generators import randn, rng
 
-import solvers
-from bilevel import FirstOrder, Problem, Unrolled, hypergrad
+from bilevel import FirstOrder, Problem, Unrolled, hypergrad, solvers
 from bilevel.backends import Backend, backend_for
 from bilevel.protocols import InnerObjective, LinearOperator
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 import torchopt
 
-import solvers
-from bilevel import Batch, ForwardMode, Problem, Truncated, Unrolled, hypergrad, recipes
+from bilevel import Batch, ForwardMode, Problem, Truncated, Unrolled, hypergrad, recipes, solvers
 from bilevel.testing import check_hypergrad
 from bilevel.trainer import History, fit
 

@@ -25,7 +25,8 @@ class FirstOrder(ReverseModeOfMap):
     costs one forward solve and one gradient of F.
 
     Example:
-        >>> import torch, solvers
+        >>> import torch
+        >>> from bilevel import solvers
         >>> from bilevel import Problem, hypergrad, FirstOrder
         >>> p = Problem(init=lambda m, t: m,
         ...             inner_loss=lambda w, m, t: ((w - t) ** 2).sum() / 2,

@@ -39,7 +39,8 @@ class ForwardMode:
         TypeError, ValueError: if ``chunk`` is not ``None`` or an int ≥ 1.
 
     Example:
-        >>> import torch, solvers
+        >>> import torch
+        >>> from bilevel import solvers
         >>> from bilevel import Problem, hypergrad, ForwardMode
         >>> p = Problem(init=lambda m, t: m,
         ...             inner_loss=lambda w, m, t: ((w - t) ** 2).sum() / 2,

@@ -97,7 +97,8 @@ class Implicit:
         ValueError: if ``stationarity_tol`` is not a positive finite number.
 
     Example:
-        >>> import torch, solvers
+        >>> import torch
+        >>> from bilevel import solvers
         >>> from bilevel import Problem, hypergrad, Implicit
         >>> p = Problem(init=lambda m, t: torch.zeros(()),
         ...             inner_loss=lambda w, m, t: (w - m) ** 2 / 2 + w**2 / 2,

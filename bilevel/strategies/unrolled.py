@@ -58,7 +58,8 @@ class Unrolled(ReverseModeOfMap):
     Memory grows linearly with K (every step's activations are kept for the backward pass).
 
     Example:
-        >>> import torch, solvers
+        >>> import torch
+        >>> from bilevel import solvers
         >>> from bilevel import Problem, hypergrad, Unrolled
         >>> p = Problem(init=lambda m, t: m,
         ...             inner_loss=lambda w, m, t: ((w - t) ** 2).sum() / 2,
@@ -98,7 +99,8 @@ class Truncated(ReverseModeOfMap):
         ValueError: if ``steps`` < 1.
 
     Example:
-        >>> import torch, solvers
+        >>> import torch
+        >>> from bilevel import solvers
         >>> from bilevel import Problem, hypergrad, Truncated
         >>> p = Problem(init=lambda m, t: m,
         ...             inner_loss=lambda w, m, t: ((w - m) ** 2).sum() / 2 + (w**2).sum() / 2,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bilevel import Batch, Problem, Unrolled, hypergrad
-from solvers.interop import Higher, from_module
+from bilevel.solvers.interop import Higher, from_module
 
 TOLERANCE = 1e-10
 

@@ -13,8 +13,7 @@ import argparse
 
 import torch
 
-import solvers
-from bilevel import Batch, recipes
+from bilevel import Batch, recipes, solvers
 from bilevel.trainer import fit
 
 TOLERANCE = 1e-10

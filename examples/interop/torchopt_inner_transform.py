@@ -14,9 +14,8 @@ import torch
 import torchopt
 from torch import nn
 
-import solvers
-from bilevel import Problem, Unrolled, hypergrad
-from solvers.interop import from_module
+from bilevel import Problem, Unrolled, hypergrad, solvers
+from bilevel.solvers.interop import from_module
 
 TOLERANCE = 1e-10
 
