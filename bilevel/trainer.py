@@ -7,15 +7,24 @@ where ``F`` is the configuration's outer objective (the mean over a :class:`~bil
 whose tasks :func:`bilevel.hypergrad` vectorises) and ``update`` any optax-style gradient
 transformation (``solvers.Adam``, ``solvers.SGD``, ``torchopt.adam``, ``optax.adam``, …).
 A :class:`History` keeps the outer loss of every step and the metrics of ``evaluate``;
-``History.plot`` draws them.
+``History.plot`` draws them (with matplotlib: ``pip install matplotlib``). The progress bar is
+tqdm's where tqdm is installed, else a plain line every tenth of the run.
+
+Two ways a run can stop early hand back what it has, as ``.trained`` (a :class:`Trained` with the
+History so far and the last finite meta-parameters) and ``.step`` of the exception:
+:class:`OuterStepDiverged` (an outer update made the meta-parameters non-finite) and
+:class:`FitInterrupted` (Ctrl-C: a ``KeyboardInterrupt``, so an uncaught one still stops the
+program; catch it to keep the partial result).
 """
 
 from __future__ import annotations
 
 import math
+import reprlib
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from bilevel import tree
 from bilevel.backends import backend_for
@@ -25,7 +34,7 @@ from bilevel.result import Result
 from bilevel.solvers import optim
 from bilevel.validate import count
 
-__all__ = ["History", "Trained", "fit"]
+__all__ = ["FitInterrupted", "History", "OuterStepDiverged", "Trained", "fit"]
 
 Tree = Any
 OUTER_LOSS = "outer_loss"
@@ -83,15 +92,17 @@ class History:
             smooth: a trailing moving-average window over the outer loss (1: raw values).
 
         Raises:
-            ImportError: if matplotlib is missing (``pip install bilevel[examples]``).
+            ImportError: if matplotlib is missing (``pip install matplotlib``, or the
+                ``examples`` extra: ``pip install 'bilevel[examples]'``).
             KeyError: for an unknown name.
         """
         count("History.plot", "smooth", smooth, 1)
         try:
             from matplotlib.figure import Figure
-        except ImportError as e:  # pragma: no cover - depends on the environment
+        except ImportError as e:  # tests/test_install.py runs this without matplotlib
             raise ImportError(
-                "History.plot needs matplotlib: pip install 'bilevel[examples]'"
+                "History.plot needs matplotlib, which bilevel does not install by default: "
+                "pip install matplotlib (or pip install 'bilevel[examples]', which includes it)"
             ) from e
         chosen = self.names if names is None else names
         fig = Figure(figsize=(4.5 * max(len(chosen), 1), 3.4), layout="constrained")
@@ -119,6 +130,120 @@ class Trained(NamedTuple):
 
     meta: Tree
     history: History
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """:func:`fit` was interrupted (Ctrl-C); ``trained`` holds what it had.
+
+    A ``KeyboardInterrupt``, so that Ctrl-C still stops a script (or a sweep over many ``fit``
+    calls) unless the caller decides otherwise; catching it keeps the partial result::
+
+        try:
+            out = fit(config, meta, tasks, optimizer=opt, steps=10_000)
+        except FitInterrupted as stop:
+            out = stop.trained
+
+    Attributes:
+        step: the outer step that was running (``steps`` if the final evaluation was).
+        trained: ``Trained(meta, history)``: the meta-parameters after ``step`` updates and the
+            History of those steps. A ``torch.optim``-style optimizer interrupted inside its own
+            ``step()`` may have updated some of its tensors only.
+    """
+
+    def __init__(self, message: str, step: int, trained: Trained) -> None:
+        super().__init__(message)
+        self.step = step
+        self.trained = trained
+
+
+class OuterStepDiverged(RuntimeError):
+    """An outer update of :func:`fit` made the meta-parameters non-finite.
+
+    Attributes:
+        step: the outer step whose update diverged (its hypergradient was finite).
+        trained: ``Trained(meta, history)`` with the meta-parameters before that update (a copy
+            for a ``torch.optim``-style optimizer, which has already overwritten its tensors)
+            and the History up to and including that step's outer loss.
+    """
+
+    def __init__(self, message: str, step: int, trained: Trained) -> None:
+        super().__init__(message)
+        self.step = step
+        self.trained = trained
+
+
+class _Progress(Protocol):
+    def update(self, n: int = 1, /) -> object: ...
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _PlainProgress:
+    """The progress bar without tqdm: one line on stderr every tenth of the run."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self._total, self._desc, self._done, self._postfix = total, desc, 0, ""
+        self._every = max(1, total // 10)
+
+    def update(self, n: int = 1, /) -> None:
+        self._done += n
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self._postfix = s
+        if self._done % self._every == 0 or self._done == self._total:
+            print(
+                f"{self._desc}: {self._done}/{self._total} outer steps, {s}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str) -> _Progress:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional: tests/test_install.py runs fit without it
+        return _PlainProgress(total, desc)
+    return tqdm(total=total, desc=desc, dynamic_ncols=True)
+
+
+def _describe(optimizer: Any) -> str:
+    """A one-line name for ``optimizer`` (torch.optim's repr spans many lines)."""
+    if _stateful(optimizer):
+        lrs = sorted({g["lr"] for g in optimizer.param_groups if isinstance(g, dict) and "lr" in g})
+        return f"{type(optimizer).__name__}(lr={', '.join(f'{lr:g}' for lr in lrs)})"
+    text = repr(optimizer)
+    return text if len(text) <= 160 and "\n" not in text else type(optimizer).__name__
+
+
+def _metrics(evaluate: Callable[[Tree], Any], meta: Tree, step: int) -> list[tuple[str, float]]:
+    """``evaluate(meta)`` as ``(name, number)`` pairs, or a TypeError naming ``evaluate``."""
+    out = evaluate(meta)
+    if not isinstance(out, Mapping):
+        raise TypeError(
+            f"fit: evaluate must return a mapping {{name: number}}, got {reprlib.repr(out)} "
+            f"(at outer step {step}); e.g. evaluate=lambda meta: {{'accuracy': float(acc)}}"
+        )
+    pairs: list[tuple[str, float]] = []
+    for name, value in out.items():
+        number: float | None = None
+        if not isinstance(value, (str, bytes)):
+            try:
+                number = float(value)
+            except (TypeError, ValueError, RuntimeError):
+                number = None
+        if number is None:
+            raise TypeError(
+                f"fit: evaluate returned a non-number for {name!r}: {reprlib.repr(value)} (at "
+                f"outer step {step}); each value must be a real number or a one-element array, "
+                f"e.g. {{{name!r}: float(value)}}"
+            )
+        pairs.append((str(name), number))
+    return pairs
 
 
 def _stateful(optimizer: object) -> bool:
@@ -246,18 +371,27 @@ def fit(
 
     def record_metrics(step: int) -> None:
         if evaluate is not None:
-            for name, value in evaluate(meta).items():
-                history.record(name, step, float(value))
+            for name, value in _metrics(evaluate, meta, step):
+                history.record(name, step, value)
 
-    if every and steps:
-        record_metrics(0)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def diverged(step: int, last: Tree, grad: Tree) -> OuterStepDiverged:
+        gnorm = math.sqrt(backend.to_float(tree.vdot(grad, grad)))
+        return OuterStepDiverged(
+            f"fit: outer step {step} of {_describe(optimizer)} made the meta-parameters "
+            f"non-finite (its hypergradient was finite, norm {gnorm:.3g}); lower its learning "
+            "rate or clip the hypergradient, e.g. solvers.chain(solvers.ClipByGlobalNorm(1.0), "
+            "solvers.Adam(lr=1e-3)); the error's .trained holds the History and the last finite "
+            "meta-parameters",
+            step,
+            Trained(last, history),
+        )
 
-        bar = tqdm(total=steps, desc=desc, dynamic_ncols=True)
+    bar = _progress(steps, desc) if progress else None
     running = math.nan
+    step = 0
     try:
+        if every and steps:
+            record_metrics(0)
         for step in range(steps):
             result = hypergrad(
                 config.problem, config.solver, meta, tasks(step), strategy=config.strategy
@@ -267,17 +401,32 @@ def fit(
             if callback is not None:
                 callback(step, meta, result)
             if owned is None:
-                meta, state = _apply(optimizer, result.grad, state, meta)
+                updated, state = _apply(optimizer, result.grad, state, meta)
+                if backend.host_bool(backend.all_finite(updated)) is False:
+                    raise diverged(step, meta, result.grad)
+                meta = updated
             else:
+                # the optimizer overwrites the caller's tensors: keep a copy to hand back
+                last = tree.map(lambda x: x * 1, backend.stop_gradient(meta))
                 _step_in_place(optimizer, owned, result.grad)
+                if backend.host_bool(backend.all_finite(owned)) is False:
+                    raise diverged(step, last, result.grad)
             running = loss if math.isnan(running) else 0.98 * running + 0.02 * loss
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"outer loss {running:.4g}", refresh=False)
             if every and (step + 1) % every == 0 and step + 1 < steps:
                 record_metrics(step + 1)
+        step = steps
+        record_metrics(steps)
+    except KeyboardInterrupt as interrupt:
+        raise FitInterrupted(
+            f"fit: interrupted at outer step {step} of {steps}; the exception's .trained holds "
+            "the History so far and the meta-parameters it reached",
+            step,
+            Trained(meta, history),
+        ) from interrupt
     finally:
         if bar is not None:
             bar.close()
-    record_metrics(steps)
     return Trained(meta, history)

@@ -7,11 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torchopt
 
 from bilevel import Batch, ForwardMode, Problem, Truncated, Unrolled, hypergrad, recipes, solvers
+from bilevel import trainer as fit_module
 from bilevel.testing import check_hypergrad
 from bilevel.trainer import History, fit
 
@@ -250,3 +252,119 @@ def test_inner_adam_with_a_zero_gradient_coordinate_and_truncation(strategy: Any
     res = hypergrad(problem, solver, meta, task, strategy=strategy)
     assert float(res.grad[1]) == pytest.approx(0.0 if isinstance(strategy, Truncated) else 32.0)
     check_hypergrad(problem, solver, meta, task, strategy=strategy)
+
+
+# ------------------------------------------------------------------ fit's errors and Ctrl-C
+
+
+def test_an_exploding_outer_step_names_the_step_and_the_optimizer() -> None:
+    """SGD with lr = 1e308 sends θ to −inf at the first update (g = (3.4, 2.1, 5.8) at θ = 10,
+    and 1e308 · 2 overflows float64): the error names
+    outer step 0 and the optimizer, not the inner loop or the task data, and carries the
+    History and the last finite meta-parameters (the initial ones)."""
+    cfg, pool = _config(), _tasks(4, 4)
+    meta = {"theta": torch.full((3,), 10.0, dtype=F64)}
+    with pytest.raises(fit_module.OuterStepDiverged) as caught:
+        fit(cfg, meta, lambda s: Batch(pool), optimizer=solvers.SGD(lr=1e308), steps=5)
+    err = caught.value
+    assert isinstance(err, RuntimeError)
+    message = str(err)
+    assert "fit: outer step 0" in message and "SGD(lr=1e+308" in message
+    assert "lower its learning rate" in message and "ClipByGlobalNorm" in message
+    assert err.step == 0
+    torch.testing.assert_close(err.trained.meta["theta"], meta["theta"], rtol=0, atol=0)
+    assert err.trained.history.series("outer_loss")[0] == [0]
+
+
+def test_an_exploding_step_of_a_torch_optim_optimizer_keeps_the_last_finite_values() -> None:
+    """A torch.optim optimizer steps the caller's tensors in place: they hold inf afterwards,
+    and the error carries a copy of the values before the exploding step (step 2 here)."""
+    cfg, pool = _config(), _tasks(4, 4)
+    theta = torch.nn.Parameter(torch.full((3,), 10.0, dtype=F64))
+    opt = torch.optim.SGD([theta], lr=0.1)
+
+    def tasks(step: int) -> Batch:
+        if step == 2:  # from here on the learning rate explodes
+            opt.param_groups[0]["lr"] = 1e308
+        return Batch(pool)
+
+    before = fit(
+        cfg,
+        {"theta": torch.full((3,), 10.0, dtype=F64)},
+        lambda s: Batch(pool),
+        optimizer=solvers.SGD(lr=0.1),
+        steps=2,
+        progress=False,
+    )
+    with pytest.raises(fit_module.OuterStepDiverged, match=r"fit: outer step 2 .*SGD") as caught:
+        fit(cfg, {"theta": theta}, tasks, optimizer=opt, steps=5, progress=False)
+    torch.testing.assert_close(
+        caught.value.trained.meta["theta"], before.meta["theta"], rtol=1e-12, atol=1e-14
+    )
+    assert caught.value.trained.history.series("outer_loss")[0] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("returned", "pattern"),
+    [
+        ("accuracy", r"fit: evaluate must return a mapping \{name: number\}, got 'accuracy'"),
+        ({"acc": "high"}, r"fit: evaluate returned a non-number for 'acc': 'high'"),
+        ({"acc": [1.0, 2.0]}, r"fit: evaluate returned a non-number for 'acc': \[1.0, 2.0\]"),
+        ({"acc": None}, r"fit: evaluate returned a non-number for 'acc': None"),
+    ],
+)
+def test_evaluate_returning_a_non_number_is_a_type_error_naming_evaluate(
+    returned: Any, pattern: str
+) -> None:
+    cfg, task = _config(), {k: v[0] for k, v in _tasks(1, 0).items()}
+    meta = {"theta": torch.zeros(3, dtype=F64)}
+    with pytest.raises(TypeError, match=pattern):
+        fit(
+            cfg,
+            meta,
+            lambda s: task,
+            optimizer=solvers.SGD(0.1),
+            steps=2,
+            evaluate=lambda m: returned,
+            progress=False,
+        )
+
+
+def test_evaluate_may_return_0d_arrays_and_numpy_scalars() -> None:
+    cfg, task = _config(), {k: v[0] for k, v in _tasks(1, 0).items()}
+    out = fit(
+        cfg,
+        {"theta": torch.zeros(3, dtype=F64)},
+        lambda s: task,
+        optimizer=solvers.SGD(0.1),
+        steps=1,
+        evaluate=lambda m: {"norm": m["theta"].norm(), "n": np.int64(3), "one": torch.ones(1)},
+        progress=False,
+    )
+    assert out.history.series("n") == ([1], [3.0])  # every=0: after the last step only
+    assert out.history.last("one") == 1.0
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_ctrl_c_during_fit_hands_back_the_history_and_the_last_meta(progress: bool) -> None:
+    """KeyboardInterrupt raised from ``tasks`` at step 3: FitInterrupted (a KeyboardInterrupt)
+    carries the three recorded steps and the meta-parameters after three updates, equal to a
+    run of ``steps=3``."""
+    cfg, pool = _config(), _tasks(4, 5)
+
+    def tasks(step: int) -> Batch:
+        if step == 3:
+            raise KeyboardInterrupt
+        return Batch(pool)
+
+    meta0 = {"theta": torch.zeros(3, dtype=F64)}
+    with pytest.raises(fit_module.FitInterrupted) as caught:
+        fit(cfg, meta0, tasks, optimizer=solvers.Adam(0.05), steps=10, progress=progress)
+    err = caught.value
+    assert isinstance(err, KeyboardInterrupt) and err.step == 3
+    assert "fit: interrupted at outer step 3 of 10" in str(err)
+    three = fit(
+        cfg, meta0, lambda s: Batch(pool), optimizer=solvers.Adam(0.05), steps=3, progress=False
+    )
+    torch.testing.assert_close(err.trained.meta["theta"], three.meta["theta"], rtol=0, atol=0)
+    assert err.trained.history.series("outer_loss") == three.history.series("outer_loss")
