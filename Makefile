@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV = .venv
 BIN = $(VENV)/bin
 
-# Local CPU wheel where it exists (seconds); otherwise pip resolves torch from
-# the range declared in pyproject.toml.
+# Local CPU wheel where it exists (seconds); otherwise (`|| true` below) pip resolves torch
+# from the range of the torch extra in pyproject.toml.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= test,interop,examples,dev,jax
+# Each AD framework is an extra (a plain `pip install bilevel` has neither): the suite runs on
+# both, so the development venv has both.
+EXTRAS ?= torch,jax,test,interop,examples,dev
 SRC = bilevel
 # pytest-xdist: one worker per core (the JAX half of the suite is mostly single-threaded
 # compilation). PYTEST_ARGS= runs in one process.

@@ -7,6 +7,7 @@ tasks (``torch.Tensor``: :class:`TorchBackend`; ``jax.Array``: :class:`JaxBacken
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from typing import Any
 
@@ -30,6 +31,14 @@ def _framework(leaf: object) -> str | None:
     return None
 
 
+def _installed(name: str) -> bool:
+    """Whether the top-level package ``name`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def backend_for(*trees: Tree, what: str = "hypergrad") -> Backend:
     """The backend that owns the array leaves of ``trees``.
 
@@ -41,7 +50,8 @@ def backend_for(*trees: Tree, what: str = "hypergrad") -> Backend:
         The backend instance.
 
     Raises:
-        TypeError: if no leaf is an array of a known framework, or leaves of two frameworks mix.
+        TypeError: if no leaf is an array of a known framework (naming the extras to install
+            when neither PyTorch nor JAX is installed), or leaves of two frameworks mix.
 
     Example:
         >>> import torch
@@ -63,6 +73,13 @@ def backend_for(*trees: Tree, what: str = "hypergrad") -> Backend:
             "write the whole problem with one framework's arrays"
         )
     if not found:
+        if not any(_installed(name) for name in ("torch", "jax")):
+            raise TypeError(
+                f"{what}: found no torch.Tensor or jax.Array leaf in the meta-parameters or "
+                "task, and neither PyTorch nor JAX is installed: bilevel differentiates with one "
+                "of them, an extra of its own: pip install 'bilevel[torch]' or "
+                "pip install 'bilevel[jax]', then pass torch tensors or JAX arrays"
+            )
         raise TypeError(
             f"{what}: found no torch.Tensor or jax.Array leaf in the meta-parameters or task; "
             "pass parameters as a pytree (dict/list/tuple) of tensors"
