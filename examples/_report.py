@@ -2,8 +2,8 @@
 
 Every example's ``main(argv)`` accepts ``--out DIR``; besides its plots it writes
 ``DIR/<name>.md``, a Markdown section (title, the command that produced it, wall time, the
-result table beside the reference, the plot). ``examples/collect_results.py`` joins the sections
-in a fixed order into ``docs/results.md``.
+result table beside the reference, the plot). ``examples/repro.py`` (``--collect-only`` to skip
+the runs) joins the sections in a fixed order into ``docs/results.md``.
 """
 
 from __future__ import annotations

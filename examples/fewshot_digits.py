@@ -1,9 +1,9 @@
 """Few-shot classification on sklearn's digits: MAML, first-order MAML and iMAML side by side.
 
-The Omniglot stand-in of REFERENCES.md (iMAML section). ``load_digits`` holds 1,797 grey 8×8
-images of the digits 0–9; every digit rotated by 0°, 90°, 180° and 270° is its own class (the
-augmentation of Omniglot's few-shot benchmark), 40 classes in all. The classes are split by
-digit, as Omniglot splits by character before rotating: **meta-test = the digits 3, 4 and 7
+The Omniglot stand-in described in docs/references.md (iMAML section). ``load_digits`` holds
+1,797 grey 8×8 images of the digits 0–9; every digit rotated by 0°, 90°, 180° and 270° is its own
+class (the augmentation of Omniglot's few-shot benchmark), 40 classes in all. The classes are
+split by digit, as Omniglot splits by character before rotating: **meta-test = the digits 3, 4 and 7
 (12 classes; 543 images, each in 4 rotations), meta-train = the other seven digits (28 classes;
 1,254 images in 4 rotations)**, so no test image, in any rotation, is seen in meta-training.
 3, 4 and 7 are the digits none of whose rotations looks like another class: 0, 1 and 8 are nearly
@@ -51,8 +51,8 @@ Run::
     python examples/fewshot_digits.py            # 1- and 5-shot, all three methods
     python examples/fewshot_digits.py --quick    # a smoke run, under a minute
 
-It prints the tables beside REFERENCES.md's reference, saves ``fewshot_digits.png`` (training
-curves) and writes the docs section ``fewshot_digits.md`` under ``--out``.
+It prints the tables beside the reference in docs/references.md, saves ``fewshot_digits.png``
+(training curves) and writes the docs section ``fewshot_digits.md`` under ``--out``.
 
 Measured (seed 0, the full run: 844 s wall, 793 s CPU on one thread of a shared 2-core machine;
 600 test tasks, accuracy % ± 1.96·std/√n)::
@@ -64,15 +64,15 @@ Measured (seed 0, the full run: 844 s wall, 793 s CPU on one thread of a shared 
     adapting θ₀      74.3 / 71.3  83.3 / 88.0  (no meta-training: (FO)MAML's / iMAML's solver)
     1-NN, pixels     86.8 ± 0.6   97.0 ± 0.2   (no learning at all)
 
-All far above the 20% chance level (REFERENCES.md's only target; no published number exists for
-this stand-in). Meta-training gains 4–10 points over adapting θ₀, but 1-nearest-neighbour in pixel
-space beats every meta-learner: seven training digits are too few for the learned initialisation
-to transfer to new digits better than pixel distance. iMAML warned on every step (5 CG steps
-leave a relative residual of 0.16–0.29; the median inner ‖∇‖ is ~1e-3, above the 1e-4 tolerance)
-and is the slowest (50 inner steps per task and meta-step against MAML's 5). By the end of its
-5-shot run the top eigenvalue at θ (108) is at the heavy-ball loop's limit (110) and a few tasks
-per meta-batch diverge (worst ‖∇‖ up to 8; at the meta-test the median is 9e-4, the worst 9.9):
-a longer run would need a still smaller learning rate or a more careful inner solver.
+All far above the 20% chance level (the only target in docs/references.md; no published number
+exists for this stand-in). Meta-training gains 4–10 points over adapting θ₀, but 1-nearest-neighbour
+in pixel space beats every meta-learner: seven training digits are too few for the learned
+initialisation to transfer to new digits better than pixel distance. iMAML warned on every step (5
+CG steps leave a relative residual of 0.16–0.29; the median inner ‖∇‖ is ~1e-3, above the 1e-4
+tolerance) and is the slowest (50 inner steps per task and meta-step against MAML's 5). By the end
+of its 5-shot run the top eigenvalue at θ (108) is at the heavy-ball loop's limit (110) and a few
+tasks per meta-batch diverge (worst ‖∇‖ up to 8; at the meta-test the median is 9e-4, the worst
+9.9): a longer run would need a still smaller learning rate or a more careful inner solver.
 """
 
 from __future__ import annotations
@@ -98,8 +98,9 @@ from bilevel import Batch, BilevelWarning, recipes, solve, solvers
 from bilevel.recipes import Config, FewShot
 from bilevel.trainer import History, fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_report.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report.py, _setup.py
 from _report import md_table, write_section
+from _setup import add_threads_option, set_threads
 
 TEST_DIGITS = (3, 4, 7)
 ROTATIONS = (0, 90, 180, 270)
@@ -480,7 +481,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="plot and report")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_threads_option(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument(
         "--quick", action="store_true", help=f"a smoke run: other defaults become {QUICK}"
@@ -489,7 +490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:  # smaller defaults; options given explicitly still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
-    for name in ("ways", "query", "meta_batch", "test_tasks", "curve_tasks", "threads"):
+    for name in ("ways", "query", "meta_batch", "test_tasks", "curve_tasks"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.meta_steps < 0 or args.every < 0 or min(args.shots) < 1:
@@ -507,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "nearest_neighbour": {shots: accuracy}, "relu_check": ..., "plot": path, ...}``.
     """
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     start = time.perf_counter()
     pools = load_pools()
     predict = make_predict(args.activation)
@@ -622,7 +623,7 @@ def report(
         f"{args.test_tasks} test tasks ± 1.96·std/√n; training time is `fit`'s (wall and CPU, "
         f"{args.threads} thread).",
         "",
-        "Reference (REFERENCES.md): no published number for this stand-in; the target is "
+        "Reference (docs/references.md): no published number for this stand-in; the target is "
         f"accuracy far above the {chance:.0%} chance level (here: the lower end of the 95% "
         f"interval above {floor:.0%}). For context, Omniglot 5-way 1-shot: MAML 98.7 ± 0.4, "
         "iMAML-GD 99.16 ± 0.35 (paper; 4-layer conv nets, 1,200 training characters).",

@@ -70,8 +70,9 @@ from bilevel import (
 from bilevel.recipes import Config
 from bilevel.trainer import fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_report.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report.py, _setup.py
 from _report import md_table, write_section
+from _setup import add_threads_option, set_threads
 
 F64 = torch.float64
 QUICK = {"max_iter": 300, "ho_steps": 20, "clean_train": 200, "clean_val": 100, "clean_steps": 40}
@@ -423,7 +424,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--mu", type=float, default=3e-3, help="the classifier's fixed L2 (part 3)")
     add("--seed", type=int, default=0)
     add("--out", type=Path, default=Path("outputs"), help="folder for the plot and the section")
-    add("--threads", type=int, default=1, help="torch and BLAS threads")
+    add_threads_option(parser)  # torch's; main() limits SciPy's BLAS to as many
     add("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     add("--quick", action="store_true", help=f"smaller defaults: {QUICK}")
     args = parser.parse_args(argv)
@@ -433,15 +434,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if not set(args.parts) <= {"ridge", "logistic", "cleaning"}:
         parser.error("--parts takes ridge, logistic, cleaning")
-    if min(args.max_iter, args.ho_steps, args.clean_train, args.clean_val, args.threads) < 1:
-        parser.error("sizes, steps and --threads must be at least 1")
+    if min(args.max_iter, args.ho_steps, args.clean_train, args.clean_val) < 1:
+        parser.error("sizes and steps must be at least 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the parts asked for, print the tables, save the plot and the docs section."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     with threadpoolctl.threadpool_limits(args.threads):  # SciPy's OpenBLAS (L-BFGS-B, MINRES)
         return run(args, sys.argv[1:] if argv is None else argv)
 
@@ -464,8 +465,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         say(
             f"1. Ridge on load_diabetes (d = {r['d']}, e^θ = 0.1, κ = {r['kappa']:.0f}): relative "
             "error of dF/dθ against the closed form",
-            table(r["rows"], r["ks"]) + "\n\nReference (REFERENCES.md): every strategy converges "
-            f"to the closed form; CG exact in ≤ d = {r['d']} iterations. Measured: CG "
+            table(r["rows"], r["ks"]) + "\n\nReference (docs/references.md): every strategy "
+            f"converges to the closed form; CG exact in ≤ d = {r['d']} iterations. Measured: CG "
             f"{r['cg_at_d']:.1e} at {r['d']} iterations{later}: **{'PASS' if ok else 'FAIL'}** "
             "(exact up to float64 roundoff, ≤ 1e-8 as in tests/test_closed_forms.py: the scalar "
             "w*ᵀv cancels digits). Unrolled and ForwardMode agree and "
@@ -517,7 +518,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             f"{c['precision']:.3f}, recall {c['recall']:.3f}). Validation loss {loss[0]:.3f} → "
             f"{loss[-1]:.3f} over {args.clean_steps} Adam steps (lr {args.clean_lr}, μ = "
             f"{args.mu}); CG took {min(c['cg'])}–{max(c['cg'])} iterations per step. Reference: "
-            "REFERENCES.md asks for these accuracies and the F1 and gives no target numbers.",
+            "docs/references.md lists these accuracies and the F1 and gives no target numbers.",
         )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "hyperparameters.png"

@@ -40,8 +40,9 @@ import torch
 from bilevel import Batch, LinearSolveWarning, hypergrad, solve
 from bilevel.recipes import FewShot, imaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_report.py, also via importlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report.py, _setup.py
 from _report import md_table, write_section
+from _setup import add_threads_option, set_threads
 
 F64 = torch.float64
 NOISE = 0.5  # σ: observation noise
@@ -210,13 +211,13 @@ def section_body(
     distance: float,
     args: argparse.Namespace,
 ) -> str:
-    """The ``docs/results`` section: both tables and the verdict against REFERENCES.md."""
+    """The ``docs/results`` section: both tables and the verdict against docs/references.md."""
     exact = rows[-1]["error"] < 1e-8
     untrained, trained, oracle = losses.values()
     helps = trained < untrained
     parts = [
         f"d = {args.dim} weights, n = {args.shots} support and {args.shots} query points per "
-        f"task, λ = {args.lam}, seed {args.seed}. Reference (REFERENCES.md, iMAML): on "
+        f"task, λ = {args.lam}, seed {args.seed}. Reference (docs/references.md, iMAML): on "
         "linear-regression tasks φ* and the meta-gradient are closed-form, and CG on the "
         "Hessian-vector products is exact in at most d iterations.",
         "",
@@ -259,7 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-tasks", type=int, default=500, help="new tasks for the meta-test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the plot")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny tensors)")
+    add_threads_option(parser)
     parser.add_argument(
         "--quick", action="store_true", help=f"a smoke run: other defaults become {QUICK}"
     )
@@ -274,7 +275,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "meta_batch",
         "sweep_tasks",
         "test_tasks",
-        "threads",
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -286,7 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run both parts, print the tables, save the plot; returns the numbers for tests."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     start = time.perf_counter()
     g = torch.Generator().manual_seed(args.seed)
     w_mean = torch.randn(args.dim, generator=g, dtype=F64)

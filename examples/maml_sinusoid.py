@@ -21,7 +21,9 @@ support points (MSE on 100 query points; mean ± 1.96·std/√n). A task whose a
 (non-finite MSE) is counted, reported and left out of the mean instead of turning it into NaN.
 
 The default is a short run (5,000 meta-iterations of each method, what ``make demo`` runs);
-``--iterations 70000`` is the paper's full run (``make repro``).
+``--iterations 70000`` is the paper's full run (``make repro``). The targets (docs/references.md)
+are stated for the full run, which is judged PASS/FAIL against them; a shorter run lists each
+target as "met" or "not met" and says that a run of its length is not expected to meet them.
 
 Measured, seed 0, one thread, on a 2-core machine shared with other jobs (load average ≈ 8):
 
@@ -49,6 +51,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,8 +63,9 @@ from bilevel import Batch, recipes, solve, solvers
 from bilevel.recipes import Config, FewShot
 from bilevel.trainer import History, fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_report.py, also via importlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report.py, _setup.py
 from _report import md_table, write_section
+from _setup import add_threads_option, set_threads
 
 Params = dict[str, torch.Tensor]
 
@@ -82,9 +86,9 @@ LAYERS = ((1, 40), (40, 40), (40, 1))
 METHODS = ("maml", "fomaml", "pretrained")
 LABELS = {"maml": "MAML", "fomaml": "first-order MAML", "pretrained": "pretrained"}
 COLOURS = {"maml": "tab:blue", "fomaml": "tab:green", "pretrained": "tab:orange"}
-TARGET_1, TARGET_10 = 0.60, 0.35  # REFERENCES.md: MAML after 1 and 10 steps, full run
+TARGET_1, TARGET_10 = 0.60, 0.35  # docs/references.md: MAML after 1 and 10 steps, full run
 
-# (label, {steps: MSE}) from REFERENCES.md; ± are 95% intervals where given.
+# (label, {steps: MSE}) from docs/references.md; ± are 95% intervals where given.
 REFERENCE_ROWS: tuple[tuple[str, dict[int, str]], ...] = (
     ("paper MAML (K=5, 70k it.)", {1: "0.67", 5: "0.38", 10: "0.35"}),
     ("paper pretrained (K=5)", {1: "2.41", 5: "2.23", 10: "2.19"}),
@@ -291,32 +295,65 @@ def text_table(stats: dict[str, dict[int, Summary]], iterations: int, n_eval: in
         f"MSE on {EVAL_QUERY} query points after k steps of α = {INNER_LR} on K = {K_SHOT} "
         f"support points, mean ± 1.96·std/√n over {n_eval} new tasks;\ndiverged: tasks with a "
         "non-finite MSE at 0/1/5/10 steps (counted, left out of the mean). References from "
-        "REFERENCES.md\n(the paper: K = 5, no intervals given)."
+        "docs/references.md\n(the paper: K = 5, no intervals given)."
     )
     return "\n".join(lines)
 
 
-def verdicts(stats: dict[str, dict[int, Summary]], iterations: int) -> list[tuple[str, bool]]:
-    """The REFERENCES.md targets that this run's methods allow checking, with PASS/FAIL."""
-    out: list[tuple[str, bool]] = []
+class Check(NamedTuple):
+    """One target of docs/references.md: what it says, whether this run meets it, and whether a
+    run of this length is judged by it (the targets are stated for the paper's full run)."""
+
+    text: str
+    ok: bool
+    judged: bool
+
+    @property
+    def verdict(self) -> str:
+        """PASS/FAIL for a full-length run; "met"/"not met" for a run too short to be judged."""
+        if self.judged:
+            return "PASS" if self.ok else "FAIL"
+        return "met" if self.ok else "not met"
+
+
+def short_run_note(iterations: int) -> str:
+    """What a run shorter than the paper's is expected to show, and how to run the full one."""
+    return (
+        f"The targets are stated for the paper's {PAPER_ITERATIONS:,} meta-iterations; this run "
+        f"has {iterations:,}, too few to be expected to meet the MSE targets, so each is only "
+        f"listed as met or not met. To judge them: --iterations {PAPER_ITERATIONS} "
+        "(make repro REPRO_ARGS=maml_sinusoid)."
+    )
+
+
+def verdicts(stats: dict[str, dict[int, Summary]], iterations: int) -> list[Check]:
+    """The docs/references.md targets that this run's methods allow checking.
+
+    A run of :data:`PAPER_ITERATIONS` or more is judged PASS/FAIL against them; a shorter run
+    (the demo) only says which it meets, each MSE target with the length it is stated for.
+    """
+    full = iterations >= PAPER_ITERATIONS
+    out: list[Check] = []
     maml, fo, base = stats.get("maml"), stats.get("fomaml"), stats.get("pretrained")
     if maml is not None:
-        short = "" if iterations >= PAPER_ITERATIONS else " (a short run: stated for 70,000 it.)"
-        out.append(
-            (f"MAML 1-step MSE {maml[1].mean:.3f} ≤ {TARGET_1}{short}", maml[1].mean <= TARGET_1)
-        )
-        out.append(
-            (
-                f"MAML 10-step MSE {maml[10].mean:.3f} ≤ {TARGET_10}{short}",
-                maml[10].mean <= TARGET_10,
-            )
-        )
+        for k, target in ((1, TARGET_1), (10, TARGET_10)):
+            mean = maml[k].mean
+            if full:
+                text = f"MAML {k}-step MSE {mean:.3f} ≤ {target}"
+            else:
+                text = (
+                    f"MAML {k}-step MSE {mean:.3f} after {iterations:,} meta-iterations "
+                    f"(target ≤ {target:.2f} after {PAPER_ITERATIONS:,})"
+                )
+            out.append(Check(text, mean <= target, full))
     if maml is not None and base is not None:
         clear = all(maml[k].mean + maml[k].ci < base[k].mean - base[k].ci for k in (1, 10))
-        out.append(("MAML clearly below pretrained at 1 and 10 steps (95% intervals apart)", clear))
+        text = "MAML clearly below pretrained at 1 and 10 steps (95% intervals apart)"
+        out.append(Check(text, clear, full))
     if maml is not None and fo is not None and base is not None:
         between = all(maml[k].mean <= fo[k].mean <= base[k].mean for k in (1, 10))
-        out.append(("first-order MAML between MAML and pretrained at 1 and 10 steps", between))
+        text = "first-order MAML between MAML and pretrained at 1 and 10 steps"
+        out.append(Check(text, between, full))
     return out
 
 
@@ -429,7 +466,7 @@ def plot(
 
 def markdown(
     stats: dict[str, dict[int, Summary]],
-    checks: list[tuple[str, bool]],
+    checks: list[Check],
     timing: dict[str, Timing],
     args: argparse.Namespace,
 ) -> str:
@@ -444,9 +481,10 @@ def markdown(
         "",
         md_table(["method", *header[1:]], rows),
         "",
-        "Targets (REFERENCES.md):",
+        "Targets (docs/references.md):",
         "",
-        *(f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks),
+        *([short_run_note(args.iterations), ""] if checks and not checks[0].judged else []),
+        *(f"- {c.verdict}: {c.text}" for c in checks),
         "",
         md_table(
             [
@@ -492,12 +530,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-tasks", type=int, default=600, help="new tasks to evaluate on")
     parser.add_argument("--seed", type=int, default=0, help="seed of the init and training tasks")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (tiny tensors: 1 is fastest)"
-    )
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
-    for name in ("iterations", "meta_batch", "threads"):
+    for name in ("iterations", "meta_batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.eval_tasks < 3:
@@ -510,7 +546,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train the chosen methods, evaluate them, print the table, save the plot and the section."""
     args = parse_args(argv)
     start = time.perf_counter()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     print(
@@ -519,7 +555,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{INNER_LR}, Adam {OUTER_LR}, seed {args.seed}."
     )
     if args.iterations < PAPER_ITERATIONS:
-        print(f"A short run: the paper trains {PAPER_ITERATIONS:,} iterations.")
+        print(
+            f"A short run: the paper trains {PAPER_ITERATIONS:,} iterations, and its targets are "
+            "stated for that length."
+        )
 
     init = init_params(torch.Generator().manual_seed(args.seed))
     val = sample_tasks(VAL_TASKS, K_SHOT, EVAL_QUERY, torch.Generator().manual_seed(VAL_SEED)).data
@@ -562,8 +601,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(text_table(stats, args.iterations, args.eval_tasks))
     checks = verdicts(stats, args.iterations)
     print()
-    for text, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}: {text}")
+    if checks and not checks[0].judged:
+        print(textwrap.fill(short_run_note(args.iterations), width=100))
+    for c in checks:
+        print(f"{c.verdict}: {c.text}")
     print()
     for method, t in timing.items():
         print(

@@ -4,7 +4,7 @@ An actor-critic agent learns online from vectorised CartPole environments while 
 and the trace parameter λ of its λ-return are meta-learned, ``η = {γ, λ}`` through sigmoids
 (``γ = sigmoid(η_γ)``, ``λ = sigmoid(η_λ)``). A baseline agent runs the same code with γ, λ fixed
 at the meta-learner's start values and no meta-updates. There is no published CartPole number
-(REFERENCES.md): this is a demonstration, reported as measured.
+(docs/references.md): this is a demonstration, reported as measured.
 
 The paper's two levels, one outer step per agent update::
 
@@ -94,8 +94,9 @@ from bilevel.recipes import Config
 from bilevel.rl import lambda_returns
 from bilevel.trainer import fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_report.py, also via importlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report.py, _setup.py
 from _report import md_table, write_section
+from _setup import add_threads_option, set_threads
 
 Params = dict[str, torch.Tensor]
 Task = dict[str, Any]
@@ -107,7 +108,7 @@ ENTROPY_COEF = 0.01  # c_H
 SOLVED = 475.0  # CartPole-v1's reward threshold
 LAST_EPISODES = 20  # "final return": the mean over each run's last episodes
 REFERENCE = (
-    "Reference (REFERENCES.md): no published CartPole number (show return curves with and "
+    "Reference (docs/references.md): no published CartPole number (show return curves with and "
     "without meta-gradients honestly); the paper's Atari result (median human-normalised 287.7% "
     "with meta-learned γ, λ against 211.9% for IMPALA, 200M frames) is out of reach on a CPU."
 )
@@ -464,12 +465,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--meta-lr", type=float, default=0.01, help="Adam step size on η")
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 updates: a smoke run")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the plot")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.updates = 1, 60
-    for name in ("updates", "seeds", "envs", "steps", "hidden", "threads"):
+    for name in ("updates", "seeds", "envs", "steps", "hidden"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     return args
@@ -477,7 +478,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     frames = args.updates * args.envs * args.steps
     print(

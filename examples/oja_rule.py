@@ -82,8 +82,9 @@ from bilevel import Batch, solve, solvers, tree
 from bilevel.recipes import synaptic_rule
 from bilevel.trainer import fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_report.py, also via importlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report.py, _setup.py
 from _report import md_table, write_section
+from _setup import add_threads_option, set_threads
 
 F64 = torch.float64
 DIM = 5
@@ -244,7 +245,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run: " + str(QUICK))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="plots and section")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.quick:
@@ -303,7 +304,7 @@ def plot(path: Path, history: Any, theta: torch.Tensor, curves: dict[str, Any]) 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     start, cpu = time.perf_counter(), time.process_time()
     cfg = config(args.horizon, args.eta)
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"θ_021/θ_110 = {ratio:+.4f} (Oja: −1); largest other |θ| = {largest_other:.4f} "
           f"({rel_other:.1%} of |θ_110|)")  # fmt: skip
     print(compare)
-    print("Reference (REFERENCES.md): θ_110 ≈ −θ_021 dominate, all other terms ≈ 0.")
+    print("Reference (docs/references.md): θ_110 ≈ −θ_021 dominate, all other terms ≈ 0.")
     print(verdicts)
     if args.steps < FULL["steps"]:
         print(f"(a short run: the targets are stated for {FULL['steps']} outer steps)")
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     body = (
         f"{setup}\n\n{top}\n\nθ_021/θ_110 = {ratio:+.3f} (Oja: −1); the largest other term is "
         f"{NAMES[others[0]]} = {float(theta[others[0]]):+.3f} ({rel_other:.1%} of |θ_110|).\n\n"
-        f"{compare}\n\nReference (REFERENCES.md): θ_110 ≈ −θ_021 dominate and all other terms "
+        f"{compare}\n\nReference (docs/references.md): θ_110 ≈ −θ_021 dominate and all other terms "
         f"≈ 0 (Oja: Δw = η(xy − y²w)).\n\n{verdicts}\n\n"
         f"{'All targets met.' if passed else 'Not every target is met (see above).'} "
         f"CPU time {cpu:.0f} s. Why the meta-training inputs carry a random gain, and what "

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
 
-# name -> the full-size arguments (REFERENCES.md's setups); --out is added.
+# name -> the full-size arguments (the published setups of docs/references.md); --out is added.
 FULL: dict[str, list[str]] = {
     "maml_sinusoid": ["--iterations", "70000", "--no-progress"],
     "imaml_linear_regression": [],
@@ -33,11 +33,11 @@ FULL: dict[str, list[str]] = {
 
 HEADER = """# Reproductions
 
-Every number below was measured by the example named in its section, at the full size of
-`../shared/REFERENCES.md`'s setup (or the closest one that runs on two CPU cores without
-downloads), and is printed beside the reference. Regenerate everything with `make repro`
-(several hours on 2 cores: MAML's 70,000 meta-iterations dominate) or one example with
-`python examples/repro.py NAME`; the page is rebuilt from `docs/results/*.md`.
+Every number below was measured by the example named in its section, at the full size of the
+published setup described in [references.md](references.md) (or the closest one that runs on two
+CPU cores without downloads), and is printed beside the reference. Regenerate everything with
+`make repro` (several hours on 2 cores: MAML's 70,000 meta-iterations dominate) or one example
+with `python examples/repro.py NAME`; the page is rebuilt from `docs/results/*.md`.
 """
 
 

@@ -27,7 +27,7 @@ In ``bilevel`` terms this is ``bilevel.recipes.synaptic_rule`` (a Problem with n
 
 The 16 functions: 14 are linearly separable, XOR and XNOR are not. θ is meta-trained on 7 of the
 14 (a seeded random half) and tested on the other 7 and on XOR/XNOR, each from 50 new random
-starts. Targets (REFERENCES.md): 100% accuracy on the held-out separable functions; XOR/XNOR at
+starts. Targets (docs/references.md): 100% accuracy on the held-out separable functions; XOR/XNOR at
 most 75% (one unit cannot do better, and the rule must not appear to); the learned θ close to a
 rescaled delta rule (cosine > 0.9).
 
@@ -60,8 +60,9 @@ from bilevel import Batch, solve, solvers
 from bilevel.recipes import synaptic_rule
 from bilevel.trainer import fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_report.py, also via importlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report.py, _setup.py
 from _report import md_table, write_section
+from _setup import add_threads_option, set_threads
 
 F64 = torch.float64
 PATTERNS = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=F64)
@@ -220,7 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run: " + str(QUICK))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="plots and section")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.quick:
@@ -233,7 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     start, cpu = time.perf_counter(), time.process_time()
     train, held_out = split(args.seed)
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table)
     print(coef)
     print(f"cosine(learned θ, delta rule e_xm − e_xy) = {cos:.4f}")
-    print("Reference (REFERENCES.md): held-out separable 100%, XOR/XNOR ≤ 75%, cosine > 0.9.")
+    print("Reference (docs/references.md): held-out separable 100%, XOR/XNOR ≤ 75%, cosine > 0.9.")
     print(verdicts)
     if args.steps < FULL["steps"]:
         print(f"(a short run: the targets are stated for {FULL['steps']} outer steps)")
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"starts each. Accuracy = fraction of the 4 patterns right after learning; the delta "
         f"rule and the {args.randoms} random rules are scaled to the learned ‖θ‖ = "
         f"{float(norm):.2f}.\n\n{table}\n\n{coef}\n\ncosine(learned θ, delta rule) = "
-        f"{cos:.3f}.\n\nReference (REFERENCES.md): 100% on the held-out separable functions, "
+        f"{cos:.3f}.\n\nReference (docs/references.md): 100% on the held-out separable functions, "
         f"XOR/XNOR ≤ 75%, cosine > 0.9.\n\n{verdicts}\n\n"
         f"{'All targets met.' if passed else 'Not every target is met (see above).'} "
         f"CPU time {cpu:.0f} s."

@@ -1,5 +1,5 @@
 """Every bad input gets a clear error: the right exception type, and a message that names the
-call, the bad value and the fix (DESIGN.md, "Errors are part of the API").
+call, the bad value and the fix (docs/diagnostics.md, "Errors").
 
 Numerical failures are ``RuntimeError`` naming the step; doubtful results are warnings plus a
 record in ``res.info``, never a silent wrong gradient.

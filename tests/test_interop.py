@@ -326,7 +326,7 @@ def test_torchopt_transforms_pass_check_hypergrad(make_transform) -> None:
 @pytest.mark.parametrize("case", ["adam", "sgd-momentum-reused"])
 @pytest.mark.parametrize("strategy", [Unrolled(), FirstOrder()], ids=repr)
 def test_batch_through_torchopt_state_equals_loop_over_tasks(case: str, strategy) -> None:
-    """DESIGN.md: a meta-batch is vmapped where the solver allows it and looped otherwise, "with
+    """hypergrad: a meta-batch is vmapped where the solver allows it and looped otherwise, "with
     the same result"; the mean of per-task hypergradients is the reference (same arithmetic
     per task, so 1e-10)."""
     problem = Problem(

@@ -389,7 +389,7 @@ def test_synaptic_rule_passes_check_hypergrad(fw: Framework) -> None:
         )
         # Default tolerances (derivation in bilevel/testing.py); 3 coordinates, all checked.
         check_hypergrad(cfg.problem, cfg.solver, theta, task, strategy)
-    # Truncated(T ≥ steps) is Unrolled exactly (DESIGN.md): the same graph, the same numbers.
+    # Truncated(T ≥ steps) is Unrolled exactly (docs/strategies.md): same graph, same numbers.
     full = synaptic_rule(delta_like_rule, unit, bce, init=init, steps=8)
     long = synaptic_rule(delta_like_rule, unit, bce, init=init, steps=8, strategy=Truncated(8))
     g_full = hypergrad(full.problem, full.solver, theta, task, strategy=full.strategy).grad

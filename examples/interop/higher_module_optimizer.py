@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from pathlib import Path
 
 import higher
 import torch
@@ -17,6 +19,9 @@ from torch import nn
 
 from bilevel import Batch, Problem, Unrolled, hypergrad
 from bilevel.solvers.interop import Higher, from_module
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/_setup.py
+from _setup import add_threads_option, set_threads
 
 TOLERANCE = 1e-10
 
@@ -34,10 +39,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="inner steps")
     parser.add_argument("--tasks", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="(nothing to show)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     model = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 1)).to(torch.float64)

@@ -10,11 +10,16 @@ meta-parameters agree to ~1e-15 relative in float64 (tolerance 1e-10).
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
 from bilevel import Batch, recipes, solvers
 from bilevel.trainer import fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/_setup.py
+from _setup import add_threads_option, set_threads
 
 TOLERANCE = 1e-10
 
@@ -23,10 +28,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meta-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
 
     def batch(step: int) -> Batch:  # 8 tasks y = x·w_task, fixed by (seed, step)

@@ -9,6 +9,8 @@ the meta-gradients agree to ~1e-16 relative in float64 (tolerance 1e-10).
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torchopt
@@ -17,6 +19,9 @@ from torch import nn
 from bilevel import Problem, Unrolled, hypergrad, solvers
 from bilevel.solvers.interop import from_module
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/_setup.py
+from _setup import add_threads_option, set_threads
+
 TOLERANCE = 1e-10
 
 
@@ -24,10 +29,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="inner steps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="(nothing to show)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(args.seed)
     model = nn.Sequential(nn.Linear(1, 40), nn.Tanh(), nn.Linear(40, 1)).to(torch.float64)
     x = torch.linspace(-5, 5, 20, dtype=torch.float64)[:, None]
