@@ -7,6 +7,9 @@ Every fenced ```` ```python ```` block of ``README.md`` and ``docs/*.md`` is run
 - blocks whose **first line is ``# not run: <reason>``**, a convention visible to the reader
   (e.g. a library this project does not install). Keep them few: :data:`MAX_NOT_RUN`.
 
+Blocks in other languages (```` ```sh ````: ``pip install``, ``make test`` itself) are commands
+for a terminal and are not run here; ```` ```text ```` blocks show output.
+
 The blocks of one file run in order in one namespace, so a block may use what an earlier block
 of the same file defined, in a fresh working directory (files a block writes land there).
 When a block is followed by a line ending in "prints" or "prints:" ... and then a
