@@ -31,7 +31,14 @@ from bilevel import tree
 from bilevel.protocols import InnerObjective
 from bilevel.validate import count
 
-__all__ = ["Higher", "TorchOptimState", "TorchOptimTransform", "from_module", "from_torch_optim"]
+__all__ = [
+    "Higher",
+    "TorchOptimState",
+    "TorchOptimTransform",
+    "from_module",
+    "from_torch_optim",
+    "updated_buffers",
+]
 
 Tree = Any
 
@@ -54,16 +61,132 @@ _MATH_KEYS: dict[str, tuple[str, ...]] = {
 _IMPLEMENTATION_KEYS = {"params", "foreach", "fused", "capturable", "differentiable"}
 
 
-def from_module(module: Any) -> tuple[Any, dict[str, Any]]:
-    """``(predict, params)`` for an ``nn.Module``: a pure ``predict(params, x)`` and its parameters.
+@dataclass(frozen=True)
+class _Slots:
+    """Where ``module`` keeps its tensors: every distinct ``(submodule, attribute)`` slot once,
+    under one of its names, with the name of the tensor it holds (``named_parameters()``'s /
+    ``named_buffers()``'s, which name each tensor once however often it is tied)."""
 
-    ``predict`` calls ``torch.func.functional_call(module, params, (x,))``, so it runs the
-    module's own ``forward`` with the given parameter dict and no state of its own; ``params``
-    is ``{name: tensor}`` from ``module.named_parameters()``, detached copies (the module is not
-    modified, and the dict can serve as meta-parameters or as an inner solver's start).
+    params: dict[str, str]  # slot name -> parameter name
+    buffers: dict[str, str]  # slot name -> buffer name
+    aliases: dict[str, str]  # another name of a tied parameter -> its parameter name
+    norms: tuple[tuple[Any, tuple[str, ...]], ...]  # (norm layer, its running-statistics slots)
+
+
+def _slots(module: Any) -> _Slots:
+    # torch's base of every layer with running statistics (BatchNorm*d, SyncBatchNorm,
+    # InstanceNorm*d, their lazy forms and subclasses); private, but the one common definition
+    from torch.nn.modules.batchnorm import _NormBase  # pyright: ignore[reportPrivateUsage]
+
+    def distinct(named: list[tuple[str, Any]], canonical: dict[int, str]) -> dict[str, str]:
+        # functional_call swaps one slot per name: a slot reached under two names (the same
+        # submodule used twice) must be swapped once, or restoring it leaves the swapped-in
+        # tensor behind (torch.func.functional_call with tie_weights=True does exactly that).
+        seen: set[tuple[int, str]] = set()
+        slots: dict[str, str] = {}
+        for name, tensor in named:
+            owner, _, attr = name.rpartition(".")
+            key = (id(module.get_submodule(owner)), attr)
+            if key not in seen:
+                seen.add(key)
+                slots[name] = canonical[id(tensor)]
+        return slots
+
+    param_names = {id(p): n for n, p in module.named_parameters()}
+    every_param = list(module.named_parameters(remove_duplicate=False))
+    params = distinct(every_param, param_names)
+    buffers = distinct(
+        list(module.named_buffers(remove_duplicate=False)),
+        {id(b): n for n, b in module.named_buffers()},
+    )
+    aliases = {n: param_names[id(p)] for n, p in every_param if n != param_names[id(p)]}
+    running = ("running_mean", "running_var", "num_batches_tracked")
+    norms = tuple(
+        (
+            sub,
+            tuple(
+                slot
+                for slot in buffers
+                if slot.rpartition(".")[2] in running
+                and module.get_submodule(slot.rpartition(".")[0]) is sub
+            ),
+        )
+        for sub in module.modules()
+        if isinstance(sub, _NormBase) and sub.track_running_stats
+    )
+    return _Slots(params, buffers, aliases, norms)
+
+
+def _check_names(who: str, params: Any, slots: _Slots, buffer_names: Any) -> None:
+    from collections.abc import Mapping
+
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"{who}: params must be a dict {{name: tensor}} keyed like module.named_parameters() "
+            f"(as from_module returns it), got a {type(params).__name__}"
+        )
+    known = set(slots.params.values())
+    for name in params:
+        if name in known or name in buffer_names:
+            continue
+        if name in slots.aliases:
+            raise ValueError(
+                f"{who}: parameter {name!r} is tied to {slots.aliases[name]!r} (one tensor used "
+                f"in two places); pass it once, under {slots.aliases[name]!r}, as from_module's "
+                "params hold it"
+            )
+        raise ValueError(
+            f"{who}: {name!r} is not a name of the module's named_parameters() or "
+            f"named_buffers(); known parameters: {sorted(known)}"
+        )
+
+
+def from_module(module: Any) -> tuple[Any, dict[str, Any]]:
+    r"""``(predict, params)`` for an ``nn.Module``: a pure ``predict(params, *inputs)`` and its
+    parameters.
+
+    .. math:: \mathrm{predict}(φ, x) = \mathrm{module.forward}(x)\big|_{\text{parameters} = φ}
+
+    ``params`` is ``{name: tensor}`` keyed like ``module.named_parameters()``: detached copies,
+    so it can serve as meta-parameters or as an inner solver's start. A tied parameter (one
+    ``Parameter`` used in several places: a submodule used twice, or one ``Parameter`` assigned
+    to two submodules) is *one* entry, so its gradient is the sum over all its uses.
+    ``predict`` runs the module's own ``forward`` with those tensors in every slot that holds
+    them; missing names use the module's own parameters, held constant (e.g. a frozen
+    backbone), and names that are not the module's are refused.
+
+    Buffers and modes. The module is never written: ``predict`` runs on private copies of the
+    buffers, and each layer's own ``train()``/``eval()`` flag, read when ``predict`` runs,
+    decides what it computes:
+
+    - normalisation layers with running statistics (``BatchNorm*``, ``InstanceNorm*`` with
+      ``track_running_stats=True``) in **train mode** normalise with the statistics of the
+      batch they are given, the transductive batch normalisation of MAML (higher's
+      ``examples/maml-omniglot.py``): inside a :class:`~bilevel.Batch` each task is normalised
+      with its own batch. Their running statistics are neither read nor updated.
+    - in **eval mode** they normalise with the running statistics, constants of the
+      computation (no gradient flows into them).
+    - dropout follows its own mode (identity in eval mode, as in ``nn.Dropout``).
+
+    Running statistics change only when you ask: :func:`updated_buffers` returns the buffers
+    a train-mode forward would leave behind; keep them as state and pass them to ``predict``
+    beside the parameters (``predict({**params, **buffers}, x)``), or write them into the
+    module yourself (``module.load_state_dict(buffers, strict=False)``).
+
+    Args:
+        module: the ``nn.Module``. Its structure is read once, here; its parameters, buffers
+            and modes whenever ``predict`` runs.
+
+    Returns:
+        ``(predict, params)``. ``predict(params, *inputs, **kwargs)`` calls the module with
+        ``params`` (and optionally buffers, by their ``named_buffers()`` names) in place of its
+        own tensors.
 
     Raises:
-        TypeError: if ``module`` is not an ``nn.Module``.
+        TypeError: if ``module`` is not an ``nn.Module``; from ``predict``, if ``params`` is not
+            a dict.
+        ValueError: from ``predict``, for a name that is not one of the module's parameters or
+            buffers, or the second name of a tied parameter.
 
     Example:
         >>> import torch
@@ -71,17 +194,93 @@ def from_module(module: Any) -> tuple[Any, dict[str, Any]]:
         >>> predict, params = from_module(torch.nn.Linear(2, 1))
         >>> sorted(params), predict(params, torch.ones(3, 2)).shape
         (['bias', 'weight'], torch.Size([3, 1]))
+        >>> proj = torch.nn.Linear(2, 2)
+        >>> sorted(from_module(torch.nn.Sequential(proj, torch.nn.Tanh(), proj))[1])  # tied
+        ['0.bias', '0.weight']
     """
     import torch
     from torch.func import functional_call
 
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"from_module: expected a torch.nn.Module, got {type(module).__name__}")
+    slots = _slots(module)
 
-    def predict(params: dict[str, Any], x: Any) -> Any:
-        return functional_call(module, params, (x,))
+    def predict(params: dict[str, Any], *inputs: Any, **kwargs: Any) -> Any:
+        buffers = dict(module.named_buffers())
+        _check_names("from_module's predict", params, slots, buffers)
+        # private copies: a forward that writes into a buffer writes into its copy
+        copies = {n: params.get(n, b).clone() for n, b in buffers.items()}
+        tensors: dict[str, Any] = {s: params[n] for s, n in slots.params.items() if n in params}
+        tensors.update({s: copies[n] for s, n in slots.buffers.items()})
+        for norm, running in slots.norms:
+            if norm.training:  # batch statistics; None: neither read nor updated
+                tensors.update(dict.fromkeys(running))
+        return functional_call(module, tensors, inputs, kwargs, tie_weights=False)
 
     return predict, {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def updated_buffers(
+    module: Any, params: dict[str, Any], *inputs: Any, **kwargs: Any
+) -> dict[str, Any]:
+    r"""The buffers ``module`` would hold after one forward pass on ``inputs`` with ``params``,
+    computed on copies: the explicit update of running statistics for :func:`from_module`.
+
+    For a ``BatchNorm`` layer in train mode with momentum ``m`` that is
+    ``running_mean ← (1 − m)·running_mean + m·mean_batch`` (the unbiased variance likewise) and
+    ``num_batches_tracked ← num_batches_tracked + 1``: whatever the module's own ``forward``
+    does to its buffers in its current modes (in eval mode, nothing). The start is the module's
+    buffers, or those that ``params`` holds by their ``named_buffers()`` names, so the update
+    chains: ``buffers = updated_buffers(module, {**params, **buffers}, x)``. Nothing is
+    differentiated (the result is detached) and neither the module nor ``params`` is written.
+    Call it on one task's parameters, outside ``torch.func`` transforms: it is bookkeeping for
+    evaluation (e.g. the running statistics of an adapted model), not part of a hypergradient.
+
+    Args:
+        module: the ``nn.Module`` given to :func:`from_module`.
+        params: ``{name: tensor}`` as from :func:`from_module` (e.g. ``res.params`` of one
+            task), optionally with buffers by name.
+        *inputs, **kwargs: the forward pass's inputs.
+
+    Returns:
+        ``{name: tensor}`` for every entry of ``module.named_buffers()``.
+
+    Raises:
+        TypeError: if ``module`` is not an ``nn.Module`` or ``params`` not a dict.
+        ValueError: for a name that is not one of the module's parameters or buffers.
+
+    Example:
+        >>> import torch
+        >>> from bilevel.solvers.interop import from_module, updated_buffers
+        >>> bn = torch.nn.BatchNorm1d(1, momentum=0.5)
+        >>> predict, params = from_module(bn)
+        >>> x = torch.tensor([[1.0], [3.0]])
+        >>> buffers = updated_buffers(bn, params, x)
+        >>> buffers["running_mean"].tolist(), int(buffers["num_batches_tracked"])
+        ([1.0], 1)
+        >>> bn.running_mean.tolist()  # the module is unchanged
+        [0.0]
+    """
+    import torch
+    from torch.func import functional_call
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"updated_buffers: expected a torch.nn.Module, got {type(module).__name__}")
+    slots = _slots(module)
+    buffers = dict(module.named_buffers())
+    _check_names("updated_buffers", params, slots, buffers)
+    with torch.no_grad():
+        new = {n: params.get(n, b).detach().clone() for n, b in buffers.items()}
+        tensors: dict[str, Any] = {
+            s: params[n].detach() for s, n in slots.params.items() if n in params
+        }
+        tensors.update({s: new[n] for s, n in slots.buffers.items()})
+        functional_call(module, tensors, inputs, kwargs, tie_weights=False)
+    # functional_call writes back what the forward left in each slot (a reassigned buffer too)
+    out: dict[str, Any] = {}
+    for s, n in slots.buffers.items():
+        out.setdefault(n, tensors[s])
+    return out
 
 
 def _is_torch_optimizer(optimizer: object) -> bool:
