@@ -26,8 +26,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
+
 from bilevel import tree
-from bilevel.backends import backend_for
+from bilevel.backends import Backend, backend_for
 from bilevel.hypergrad import hypergrad
 from bilevel.recipes import Config
 from bilevel.result import Result
@@ -220,6 +222,24 @@ def _describe(optimizer: Any) -> str:
     return text if len(text) <= 160 and "\n" not in text else type(optimizer).__name__
 
 
+_PLAIN = (RuntimeError, ValueError)  # hypergrad's own errors (not a subclass with other fields)
+
+
+def _largest(backend: Backend, meta: Tree) -> float:
+    """``max |θ_i|`` over every entry of ``meta`` (0 for no entries), on the host."""
+    return max(
+        (float(np.abs(a).max()) for a in map(backend.to_numpy, tree.leaves(meta)) if a.size),
+        default=0.0,
+    )
+
+
+def _grown(backend: Backend, meta: Tree, scale: float) -> float | None:
+    """``max |θ_i|`` if it grew more than 1000-fold since the start (from at least 1), else None:
+    a failure then may well come from diverging outer steps rather than from the task."""
+    now = _largest(backend, meta)
+    return now if now > 1e3 * max(scale, 1.0) else None
+
+
 def _metrics(evaluate: Callable[[Tree], Any], meta: Tree, step: int) -> list[tuple[str, float]]:
     """``evaluate(meta)`` as ``(name, number)`` pairs, or a TypeError naming ``evaluate``."""
     out = evaluate(meta)
@@ -333,7 +353,8 @@ def fit(
         every: the evaluation interval, ≥ 0.
         callback: ``(step, meta, result)`` after each step, with the meta-parameters that
             ``result`` was computed at (e.g. to carry an agent's adapted parameters forward).
-        progress: show a tqdm progress bar with the running outer loss.
+        progress: show a progress bar with the running outer loss (tqdm's where tqdm is
+            installed, else a plain line on stderr every tenth of the run).
         desc: the progress bar's label.
 
     Returns:
@@ -341,8 +362,15 @@ def fit(
         outer objective at each step's meta-parameters (before that step's update).
 
     Raises:
-        TypeError / ValueError: for ill-typed arguments (naming the fix).
-        RuntimeError: from :func:`bilevel.hypergrad` if a hypergradient is not finite.
+        TypeError / ValueError: for ill-typed arguments (naming the fix), and a TypeError
+            naming ``evaluate`` if it returns anything but a mapping of names to numbers.
+        OuterStepDiverged: a RuntimeError, if an outer update makes the meta-parameters
+            non-finite; it names the step and the optimizer and carries ``.trained``.
+        RuntimeError / ValueError: from :func:`bilevel.hypergrad` if a hypergradient is not
+            finite (prefixed with the outer step when the meta-parameters grew 1000-fold
+            before it, which points at the outer optimizer).
+        FitInterrupted: a KeyboardInterrupt, on Ctrl-C; it carries ``.trained``, the History
+            so far and the last meta-parameters.
 
     Example:
         >>> import torch
@@ -386,6 +414,7 @@ def fit(
             Trained(last, history),
         )
 
+    scale = _largest(backend, meta)
     bar = _progress(steps, desc) if progress else None
     running = math.nan
     step = 0
@@ -393,9 +422,21 @@ def fit(
         if every and steps:
             record_metrics(0)
         for step in range(steps):
-            result = hypergrad(
-                config.problem, config.solver, meta, tasks(step), strategy=config.strategy
-            )
+            try:
+                result = hypergrad(
+                    config.problem, config.solver, meta, tasks(step), strategy=config.strategy
+                )
+            except (RuntimeError, ValueError) as err:
+                grown = _grown(backend, meta, scale) if step and type(err) in _PLAIN else None
+                if grown is None:
+                    raise
+                raise type(err)(
+                    f"fit: outer step {step}: {err}; the largest |meta-parameter| grew from "
+                    f"{scale:.3g} to {grown:.3g} after {step} outer step{'s' * (step > 1)} of "
+                    f"{_describe(optimizer)}: if they diverged, lower its learning rate or clip "
+                    "the hypergradient, e.g. solvers.chain(solvers.ClipByGlobalNorm(1.0), "
+                    "solvers.Adam(lr=1e-3))"
+                ) from err
             loss = backend.to_float(result.value)
             history.record(OUTER_LOSS, step, loss)
             if callback is not None:

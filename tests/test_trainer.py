@@ -368,3 +368,19 @@ def test_ctrl_c_during_fit_hands_back_the_history_and_the_last_meta(progress: bo
     )
     torch.testing.assert_close(err.trained.meta["theta"], three.meta["theta"], rtol=0, atol=0)
     assert err.trained.history.series("outer_loss") == three.history.series("outer_loss")
+
+
+def test_a_hypergradient_failing_after_the_meta_parameters_blew_up_names_the_outer_steps() -> None:
+    """SGD with lr = 1e308 from θ = 1 (g ≈ (0.16, 0.39, 0.73)) leaves θ finite but ≈ −7e307:
+    the next hypergradient's inner loop overflows. The error is still hypergrad's RuntimeError,
+    now saying that it happened at outer step 1, after the meta-parameters grew from 1 to
+    7.32e307 under SGD, and what to change in the outer optimizer."""
+    cfg, pool = _config(), _tasks(4, 4)
+    meta = {"theta": torch.ones(3, dtype=F64)}
+    with pytest.raises(RuntimeError) as caught:
+        fit(cfg, meta, lambda s: Batch(pool), optimizer=solvers.SGD(lr=1e308), steps=5)
+    message = str(caught.value)
+    assert message.startswith("fit: outer step 1: hypergrad (task 0): the inner loop produced")
+    assert "|meta-parameter| grew from 1 to 7.32e+307 after 1 outer step of SGD" in message
+    assert "SGD(lr=1e+308" in message and "lower its learning rate" in message
+    assert isinstance(caught.value.__cause__, RuntimeError)  # hypergrad's own error, chained
