@@ -11,12 +11,15 @@ This module depends on nothing but :mod:`bilevel.backends` (for the :class:`Back
 - :class:`SemiGradient`: an inner loss whose gradient holds its targets fixed (TD learning);
   :class:`InnerObjective` is the one place an inner gradient is taken, so every solver and
   strategy sees the semi-gradient.
+- :class:`PerStep`: a function that also receives the inner step index (a fresh minibatch per
+  inner step, a per-step learning rate); the inner-loop driver passes the step through the
+  :class:`InnerObjective`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from bilevel._compile import compiled_once
@@ -31,6 +34,7 @@ __all__ = [
     "LinearInfo",
     "LinearOperator",
     "LinearSolver",
+    "PerStep",
     "SemiGradient",
     "SolverInfo",
 ]
@@ -78,6 +82,67 @@ class SemiGradient:
 
 
 @dataclass(frozen=True)
+class PerStep:
+    r"""A function that also receives the index of the inner step, as its last argument.
+
+    .. math:: φ_{t+1} = \mathrm{step}_t(φ_t, θ, τ), \qquad t = 0, …, K − 1
+
+    Three uses, one rule (the step comes last):
+
+    - an inner loss ``PerStep(loss)``, ``loss(params, meta, task, step)``: step t descends
+      ``f_t``, e.g. on a fresh minibatch ``task["x"][step]`` of a task with a leading step
+      axis (``SemiGradient(PerStep(loss))`` gets ``(params, targets, meta, task, step)``);
+    - a solver hyperparameter, ``GradientDescent(lr=PerStep(fn))``, ``fn(meta, step)``: a
+      learned rate per step (MAML++);
+    - an update rule, ``UpdateRule(PerStep(rule))``, ``rule(params, meta, task, step)``.
+
+    The step is the driver's loop index: a Python ``int`` on torch (and eagerly on JAX), a 0-d
+    integer array where JAX compiles the inner step, so index arrays with it
+    (``x[step]``) rather than branching on it. Every strategy that runs the inner steps passes
+    it (``Unrolled``, ``Truncated``, ``ForwardMode``, ``FirstOrder``). ``Implicit``
+    differentiates a fixed point, which has no step, and ``solvers.Scipy`` runs no numbered
+    steps: both refuse a ``PerStep``.
+
+    Args:
+        fn: the function, taking the step after its usual arguments.
+
+    Raises:
+        TypeError: if ``fn`` is not callable, or is itself a ``PerStep`` or a ``SemiGradient``
+            (write ``SemiGradient(PerStep(fn))``).
+
+    Example:
+        >>> import torch
+        >>> from bilevel.protocols import PerStep
+        >>> loss = PerStep(lambda w, m, task, step: ((w - task[step]) ** 2).sum())
+        >>> loss(torch.tensor(1.0), None, torch.tensor([1.0, 3.0]), 1)  # minibatch 1
+        tensor(4.)
+    """
+
+    fn: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fn, PerStep | SemiGradient):
+            raise TypeError(
+                f"PerStep: fn is a {type(self.fn).__name__}; a semi-gradient that sees the step "
+                "is SemiGradient(PerStep(fn)) with fn(params, targets, meta, task, step)"
+            )
+        if not callable(self.fn):
+            raise TypeError(
+                f"PerStep: fn must be a function taking the step index last, e.g. "
+                f"(params, meta, task, step) -> scalar, got {type(self.fn).__name__}"
+            )
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+def _per_step_loss(fn: Callable[..., Any]) -> bool:
+    """Whether the inner loss ``fn`` takes the step: ``PerStep(...)`` or
+    ``SemiGradient(PerStep(...))``."""
+    return isinstance(fn.loss if isinstance(fn, SemiGradient) else fn, PerStep)
+
+
+@dataclass(frozen=True)
 class InnerObjective:
     """What an inner solver sees of one task: the inner loss with ``meta`` and ``task`` bound.
 
@@ -86,38 +151,81 @@ class InnerObjective:
         meta: the meta-parameters (traced when a strategy differentiates through the solver).
         task: the task's data.
         backend: the AD backend.
+        step: the index of the inner step being taken (an ``int`` or a 0-d integer array), set
+            by the driver of the inner loop (:meth:`at`) and passed to :class:`PerStep` losses,
+            rules and hyperparameters; ``None`` outside the loop (``Implicit``'s stationarity, a
+            black-box solver), where a ``PerStep`` is refused.
     """
 
     loss_fn: Callable[[Tree, Tree, Tree], Any] | None
     meta: Tree
     task: Tree
     backend: Backend
+    step: Any = None
+
+    def at(self, step: Any) -> InnerObjective:
+        """This objective at inner step ``step``."""
+        return replace(self, step=step)
+
+    def step_index(self, what: str) -> Any:
+        """The current step, for the :class:`PerStep` named by ``what``.
+
+        Raises:
+            TypeError: outside the inner loop (``step`` is ``None``).
+        """
+        if self.step is None:
+            raise TypeError(
+                f"{what} is a PerStep (it takes the inner step index), but it is evaluated here "
+                "outside the inner loop, where there is no step: Implicit(...) differentiates a "
+                "fixed point, which has no step, and a black-box solver runs no numbered steps; "
+                "use Unrolled(), Truncated(T), ForwardMode() or FirstOrder() with an iterative "
+                "solver, or a function without the step"
+            )
+        return self.step
+
+    def hyper(self, value: Any, what: str) -> Any:
+        """A solver hyperparameter at this θ and step: a number as it is, ``value(meta)`` for
+        a function of the meta-parameters, ``value(meta, step)`` for a :class:`PerStep`.
+
+        Evaluated inside the solver's step, so every strategy that differentiates the steps
+        differentiates the hyperparameter too.
+        """
+        if isinstance(value, PerStep):
+            return value(self.meta, self.step_index(what))
+        if callable(value):
+            return value(self.meta)
+        return value
+
+    def _arguments(self, fn: Callable[..., Any], params: Tree) -> tuple[Any, ...]:
+        """The loss's arguments: targets for a :class:`SemiGradient`, the step for a
+        :class:`PerStep`."""
+        head = (params, params) if isinstance(fn, SemiGradient) else (params,)
+        tail = (self.step_index("Problem.inner_loss"),) if _per_step_loss(fn) else ()
+        return (*head, self.meta, self.task, *tail)
 
     def loss(self, params: Tree) -> Any:
         """The inner loss ``f(params, meta, task)``, checked to be a scalar.
 
         Raises:
-            TypeError: if the problem has no inner loss, or the loss is not a 0-d array.
+            TypeError: if the problem has no inner loss, or the loss is not a floating 0-d array.
         """
         fn = _require(self.loss_fn)
-        return _scalar_loss(lambda: fn)(params, self.meta, self.task)
+        return _scalar_loss(lambda: fn)(*self._arguments(fn, params))
 
     def value_and_grad(self, params: Tree) -> tuple[Any, Tree]:
         """``(f(params), ∇_params f(params))`` through the backend; for a :class:`SemiGradient`
         loss the gradient holds the targets at ``params`` (constants for this gradient only).
 
         The value-and-gradient function is built once per loss function and backend and kept
-        while the loss is alive, so a backend that compiles (JAX) compiles it once, not per step.
+        while the loss is alive, so a backend that compiles (JAX) compiles it once, not per step
+        (the step of a :class:`PerStep` loss is an argument, not a constant).
         """
         fn = _require(self.loss_fn)
         backend = self.backend
         step = compiled_once(
             fn, backend, "value_and_grad", lambda get: backend.value_and_grad(_scalar_loss(get))
         )
-        if isinstance(fn, SemiGradient):
-            result: tuple[Any, Tree] = step(params, params, self.meta, self.task)
-        else:
-            result = step(params, self.meta, self.task)
+        result: tuple[Any, Tree] = step(*self._arguments(fn, params))
         return result
 
     def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,12 +244,28 @@ def _require(fn: Callable[[Tree, Tree, Tree], Any] | None) -> Callable[[Tree, Tr
     return fn
 
 
-def _check_scalar(value: Any) -> Any:
+def check_scalar(value: Any, what: str) -> Any:
+    """Return ``value`` if it is a real floating-point 0-d array, else raise a ``TypeError``
+    naming ``what`` (the one check of inner and outer losses).
+
+    An integer or boolean value would give a gradient of zero, silently; a complex one has no
+    real gradient.
+
+    Raises:
+        TypeError: for a non-scalar, or a scalar of a non-floating dtype.
+    """
     if getattr(value, "ndim", None) != 0:
         raise TypeError(
-            "Problem.inner_loss must return a 0-d array (a scalar), got "
-            f"{type(value).__name__} with shape {getattr(value, 'shape', None)}; reduce it "
-            "with .mean() or .sum()"
+            f"{what} must return a 0-d array (a scalar), got {type(value).__name__} with shape "
+            f"{getattr(value, 'shape', None)}; reduce it with .mean() or .sum()"
+        )
+    dtype = str(getattr(value, "dtype", ""))
+    if "float" not in dtype or "complex" in dtype:
+        raise TypeError(
+            f"{what} must return a floating-point scalar, got dtype {dtype}, which has no "
+            "gradient to follow (an integer or boolean loss gives a zero hypergradient); compute "
+            "it in floating point (torch: .double() or .float(); JAX: .astype(float)), and for "
+            "a complex value return its real part or squared modulus"
         )
     return value
 
@@ -153,7 +277,8 @@ def _scalar_loss(get: Callable[[], Any]) -> Callable[..., Any]:
 
     def loss(*args: Any) -> Any:
         fn = get()
-        return _check_scalar((fn.loss if isinstance(fn, SemiGradient) else fn)(*args))
+        value = (fn.loss if isinstance(fn, SemiGradient) else fn)(*args)
+        return check_scalar(value, "Problem.inner_loss")
 
     return loss
 

@@ -33,6 +33,7 @@ __all__ = [
     "hyperparameters",
     "imaml",
     "maml",
+    "meta_sgd",
     "metagradient_returns",
     "synaptic_rule",
 ]
@@ -133,6 +134,57 @@ def maml(predict: Predict, loss: Loss, *, lr: float, steps: int) -> Config:
     support, query = _few_shot(predict, loss)
     problem = Problem(init=lambda meta, task: meta, inner_loss=support, outer_loss=query)
     return Config(problem, GradientDescent(lr=lr, steps=steps), Unrolled())
+
+
+def _meta_sgd_init(meta: Tree, task: Tree) -> Tree:
+    return meta["params"]
+
+
+def _meta_sgd_rates(meta: Tree) -> Tree:
+    return meta["lr"]
+
+
+def meta_sgd(predict: Predict, loss: Loss, *, steps: int) -> Config:
+    r"""Meta-SGD (Li et al. 2017): MAML that also learns one inner step size per parameter entry.
+
+    .. math:: θ = (φ_0, α), \quad φ_{t+1} = φ_t − α ⊙ ∇L_{support}(φ_t), \quad
+              g = \frac{d}{dθ} L_{query}(φ_K(θ))
+
+    The meta-parameters are ``{"params": φ₀, "lr": α}`` with ``α`` structured like ``φ₀`` (a
+    rate per entry; a scalar per leaf gives a rate per layer). The rates are read inside every
+    inner step (``GradientDescent(lr=lambda meta: meta["lr"])``), so ``Unrolled`` returns
+    their true derivative. Rates are not kept positive: start them small (the paper: uniform
+    in [0.005, 0.1]) or learn ``log α`` with your own ``lr`` function.
+
+    Args:
+        predict: ``(params, x) -> prediction``; ``params`` is structured like ``meta["params"]``.
+        loss: ``(prediction, y) -> scalar``.
+        steps: the number of inner steps K ≥ 0.
+
+    Returns:
+        ``Config(Problem(init=meta["params"], inner=support loss, outer=query loss),
+        GradientDescent(lr=meta["lr"], K), Unrolled())``.
+
+    Raises:
+        TypeError: if ``predict`` or ``loss`` is not callable.
+        ValueError: for negative ``steps``.
+
+    Example:
+        >>> import torch
+        >>> from bilevel import hypergrad, recipes
+        >>> mse = lambda pred, y: ((pred - y) ** 2).mean()
+        >>> cfg = recipes.meta_sgd(lambda p, x: x * p["w"], mse, steps=1)
+        >>> x = torch.tensor([1.0, 2.0])  # support loss 2.5(w − 2)²: φ₁ = w − 5α(w − 2)
+        >>> meta = {"params": {"w": torch.tensor(0.0)}, "lr": {"w": torch.tensor(0.1)}}
+        >>> res = hypergrad(cfg.problem, cfg.solver, meta, recipes.FewShot(x, 2 * x, x, 2 * x),
+        ...                 strategy=cfg.strategy)
+        >>> float(res.grad["params"]["w"]), float(res.grad["lr"]["w"])  # 5(φ₁ − 2)·(0.5, 10)
+        (-2.5, -50.0)
+    """
+    _callables("meta_sgd", predict=predict, loss=loss)
+    support, query = _few_shot(predict, loss)
+    problem = Problem(init=_meta_sgd_init, inner_loss=support, outer_loss=query)
+    return Config(problem, GradientDescent(lr=_meta_sgd_rates, steps=steps), Unrolled())
 
 
 def fomaml(predict: Predict, loss: Loss, *, lr: float, steps: int) -> Config:

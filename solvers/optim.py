@@ -40,14 +40,31 @@ class AdamState(NamedTuple):
 def update(transform: Any, grads: Tree, state: Any, params: Tree) -> tuple[Tree, Any]:
     """``transform.update(grads, state, params)``, out of place: a transformation whose
     ``update`` takes ``inplace`` (torchopt's) is called with ``inplace=False``, so neither its
-    state nor a meta-gradient through it is cut."""
+    state nor a meta-gradient through it is cut.
+
+    Raises:
+        TypeError: for a torchopt transformation built with ``use_accelerated_op=True``, whose
+            fused ``autograd.Function`` cannot run under ``torch.func`` (torch: "must override
+            the setup_context staticmethod"), with the fix.
+    """
     try:
         takes_inplace = "inplace" in inspect.signature(transform.update).parameters
     except (TypeError, ValueError):
         takes_inplace = False
-    if takes_inplace:
-        return transform.update(grads, state, params=params, inplace=False)
-    return transform.update(grads, state, params)
+    try:
+        if takes_inplace:
+            return transform.update(grads, state, params=params, inplace=False)
+        return transform.update(grads, state, params)
+    except RuntimeError as e:
+        if "setup_context" not in str(e):
+            raise
+        raise TypeError(
+            f"solvers.Optimizer: the transformation {type(transform).__name__} calls an "
+            "autograd.Function (torchopt's built with use_accelerated_op=True do) that "
+            "torch.func cannot differentiate or vectorise; build it with "
+            "use_accelerated_op=False, e.g. torchopt.adam(1e-3, use_accelerated_op=False), or "
+            "use solvers.Adam"
+        ) from e
 
 
 def sqrt_zero_safe(v: Any) -> Any:

@@ -1,4 +1,6 @@
-"""Pieces shared by the strategies: the inner loop driver, the forward solve, scalar checks."""
+"""Pieces shared by the strategies: the inner loop driver, the forward solve, scalar checks
+(:func:`check_scalar` is :func:`bilevel.protocols.check_scalar`: one check for inner and outer
+losses)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,15 @@ from typing import Any
 
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
-from bilevel.protocols import BlackBoxSolver, InnerObjective, IterativeSolver
+from bilevel.protocols import (
+    BlackBoxSolver,
+    InnerObjective,
+    IterativeSolver,
+    PerStep,
+    SemiGradient,
+    check_scalar,
+)
+from bilevel.validate import callable_with
 
 __all__ = [
     "Diag",
@@ -25,18 +35,19 @@ Diag = dict[str, Any]
 
 
 def objective(problem: Problem, meta: Tree, task: Tree, backend: Backend) -> InnerObjective:
-    """The inner objective of ``problem`` for one task, as a solver sees it."""
-    return InnerObjective(problem.inner_loss, meta, task, backend)
+    """The inner objective of ``problem`` for one task, as a solver sees it (no step set: the
+    driver :func:`run_steps` sets it).
 
-
-def check_scalar(value: Any, what: str) -> Any:
-    """Return ``value`` if it is a 0-d array, else raise a ``TypeError`` naming ``what``."""
-    if getattr(value, "ndim", None) != 0:
-        raise TypeError(
-            f"{what} must return a 0-d array (a scalar), got {type(value).__name__} with shape "
-            f"{getattr(value, 'shape', None)}; reduce it with .mean() or .sum()"
-        )
-    return value
+    Raises:
+        TypeError: if a :class:`PerStep` inner loss does not take the step as its last argument.
+    """
+    inner = problem.inner_loss
+    semi = isinstance(inner, SemiGradient)
+    fn = inner.loss if isinstance(inner, SemiGradient) else inner
+    if isinstance(fn, PerStep):
+        signature = "(params, targets, meta, task, step)" if semi else "(params, meta, task, step)"
+        callable_with("PerStep", "loss", fn.fn, 5 if semi else 4, f"{signature} -> scalar")
+    return InnerObjective(inner, meta, task, backend)
 
 
 def outer_value(problem: Problem, params: Tree, meta: Tree, task: Tree) -> Any:
@@ -82,11 +93,12 @@ def vectorizable(solver: object) -> bool:
 def run_steps(
     solver: IterativeSolver, state: Tree, obj: InnerObjective, start: int, stop: int
 ) -> Tree:
-    """Steps ``start … stop−1`` of the inner loop: no checks and no host synchronisation, so the
+    """Steps ``start … stop−1`` of the inner loop, each told its index (for :class:`PerStep`
+    losses, rules and hyperparameters): no checks and no host synchronisation, so the
     loop can be differentiated and vectorised (a non-finite result is traced back to its step
     afterwards by :func:`first_nonfinite_step`)."""
-    for _ in range(start, stop):
-        state = solver.step(state, obj)
+    for t in range(start, stop):
+        state = solver.step(state, obj.at(t))
     return state
 
 
@@ -109,7 +121,7 @@ def first_nonfinite_step(
     state, obj = initial_state(problem, solver, meta, task, backend)
     for t in range(solver.steps + 1):
         if t > 0:
-            state = solver.step(state, obj)
+            state = solver.step(state, obj.at(t - 1))
         if not bool(backend.to_float(backend.all_finite(state))):
             return t
     return None

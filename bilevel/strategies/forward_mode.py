@@ -29,7 +29,9 @@ class ForwardMode:
     grows with ``dim θ``. The right choice when θ is a handful of scalars (a discount γ, a trace
     λ, a learning rate) and the inner loop is long. The JVPs are vectorised with the backend's
     ``vmap``, ``chunk`` directions at a time (all at once by default): memory grows with the
-    chunk, never with K.
+    chunk, never with K. An expanded (stride-0) leaf of θ, such as
+    ``torch.zeros(3).expand(4, 3)``, is read as the array it shows: one independent entry per
+    element.
 
     Args:
         chunk: how many directions to push forward in one vectorised pass (≥ 1), or ``None``
@@ -66,6 +68,10 @@ class ForwardMode:
     def compute(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
     ) -> Outcome:
+        # A fresh copy of θ (``x * 1`` is exact): an expanded, stride-0 leaf such as
+        # ``torch.zeros(3).expand(4, 3)`` cannot carry a forward-mode tangent, and the copy reads
+        # it as the array it shows, one independent entry per element.
+        meta = tree.map(lambda x: x * 1, meta)
         fn = unrolled_map(problem, solver, meta, task, backend, frozen=0)
         flat, unravel = backend.ravel(meta)
         n = int(flat.shape[0])

@@ -121,7 +121,20 @@ class Implicit:
         positive("Implicit(...)", "stationarity_tol", self.stationarity_tol, "1e-4")
 
     def validate(self, solver: object) -> None:
-        return None
+        """Refuse a solver whose update rule takes the step index: a fixed point has none (a
+        ``PerStep`` inner loss is refused where its stationarity is evaluated).
+
+        Raises:
+            TypeError: for ``solvers.UpdateRule(PerStep(rule))``.
+        """
+        from bilevel.protocols import PerStep  # only this method of the file is PerStep-aware
+
+        if isinstance(getattr(solver, "rule", None), PerStep):
+            raise TypeError(
+                f"Implicit(...): {solver!r} has a PerStep rule (it takes the inner step index), "
+                "but Implicit differentiates a fixed point φ* = step(φ*), which has no step; "
+                "use Unrolled(), Truncated(T) or ForwardMode(), or a rule without the step"
+            )
 
     def vectorizable(self, solver: object) -> bool:
         return False  # the linear solvers stop on a tolerance, which needs the host
