@@ -132,6 +132,33 @@ def test_history_plot_without_matplotlib_says_what_to_install(tmp_path: Path) ->
     assert "pip install matplotlib" in message and "pip install 'bilevel[examples]'" in message
 
 
+def test_a_jax_user_needs_no_torch(tmp_path: Path) -> None:
+    """hypergrad, fit and check_hypergrad on JAX arrays with torch not installed."""
+    pytest.importorskip("jax")
+    out = _run_without(
+        {"torch", "torchopt", "higher", "tqdm"},
+        """
+        import jax, jax.numpy as jnp
+        jax.config.update("jax_enable_x64", True)
+        from bilevel import Problem, Implicit, Unrolled, hypergrad, recipes, solvers
+        from bilevel.testing import check_hypergrad
+        from bilevel.trainer import fit
+        p = Problem(init=lambda m, t: jnp.zeros_like(t),
+                    inner_loss=lambda w, m, t: ((w - m * t) ** 2).sum() / 2 + (w**2).sum() / 2,
+                    outer_loss=lambda w, m, t: ((w - 1.0) ** 2).sum())
+        meta, task = jnp.array([0.3, -0.2]), jnp.array([1.0, 2.0])
+        gd = solvers.GradientDescent(lr=0.5, steps=60)
+        res = hypergrad(p, gd, meta, task, strategy=Implicit(solvers.CG()))
+        check_hypergrad(p, gd, meta, task, Unrolled())
+        out = fit(recipes.Config(p, gd, Unrolled()), meta, lambda s: task,
+                  optimizer=solvers.Adam(0.05), steps=3, progress=False)
+        print(len(out.history.series("outer_loss")[0]), "torch" in sys.modules)
+        """,
+        tmp_path,
+    )
+    assert _ok(out).strip() == "3 False"
+
+
 # --------------------------------------------------------------------------- what ships
 
 
