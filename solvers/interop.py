@@ -8,7 +8,9 @@ Every strategy runs the inner loop inside ``torch.func`` transforms (``grad``, `
 the loop pure:
 
 - :func:`from_module` turns an ``nn.Module`` into ``predict(params, x)`` (via
-  ``torch.func.functional_call``) and a dict of its parameters, the meta pytree.
+  ``torch.func.functional_call``) and a dict of its parameters, the meta pytree; the module is
+  never written (tied weights, buffers and BatchNorm included: see ``docs/modules.md``), and
+  :func:`updated_buffers` computes the running statistics a forward pass would leave.
 - :class:`Higher` steps a ``torch.optim`` optimizer *with higher's own differentiable
   arithmetic* (``DifferentiableSGD._update``, ``DifferentiableAdam._update``), fed with gradients
   taken through the inner objective and with the optimizer state carried in the solver state:
@@ -19,11 +21,12 @@ the loop pure:
 
 What cannot be reproduced exactly is refused with a ``TypeError`` naming what is supported;
 nothing is approximated silently. torch and higher are imported only when an adapter is built,
-so ``import solvers`` stays free of torch.
+so ``from bilevel import solvers`` stays free of torch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -117,8 +120,8 @@ def _slots(module: Any) -> _Slots:
     return _Slots(params, buffers, aliases, norms)
 
 
-def _check_names(who: str, params: Any, slots: _Slots, buffer_names: Any) -> None:
-    from collections.abc import Mapping
+def _check_names(who: str, params: Any, slots: _Slots, buffer_names: Container[str]) -> None:
+    """``params`` is a dict whose keys are parameter names (one per tied tensor) or buffers."""
 
     if not isinstance(params, Mapping):
         raise TypeError(
@@ -152,8 +155,8 @@ def from_module(module: Any) -> tuple[Any, dict[str, Any]]:
     ``Parameter`` used in several places: a submodule used twice, or one ``Parameter`` assigned
     to two submodules) is *one* entry, so its gradient is the sum over all its uses.
     ``predict`` runs the module's own ``forward`` with those tensors in every slot that holds
-    them; missing names use the module's own parameters, held constant (e.g. a frozen
-    backbone), and names that are not the module's are refused.
+    them; missing names use the module's own parameters (e.g. a frozen backbone, which
+    ``hypergrad`` does not differentiate), and names that are not the module's are refused.
 
     Buffers and modes. The module is never written: ``predict`` runs on private copies of the
     buffers, and each layer's own ``train()``/``eval()`` flag, read when ``predict`` runs,
