@@ -35,12 +35,23 @@ class Batch:
 
     tasks: Tree
 
+    def __post_init__(self) -> None:
+        flat, treedef = tree.flatten(self.tasks)
+        if any(isinstance(leaf, Batch) for leaf in flat):
+            raise TypeError(
+                f"Batch: the tasks {treedef} contain a Batch; a Batch is one level of tasks, "
+                "stacked along axis 0: pass Batch(stacked_tasks), not Batch(Batch(...)) or a "
+                "Batch inside a task"
+            )
+
     def size(self) -> int:
         """The number of tasks (the common leading dimension of the array leaves).
 
         Raises:
+            TypeError: for a NumPy array leaf (convert it to the backend's arrays).
             ValueError: if there are no array leaves, a 0-d leaf, or leading dimensions differ.
         """
+        check_no_numpy(self.tasks, "Batch")
         sizes = {
             int(leaf.shape[0]) if len(leaf.shape) else -1
             for leaf in tree.leaves(self.tasks)
@@ -61,6 +72,78 @@ class Batch:
     def task(self, i: int) -> Tree:
         """Task ``i`` of the batch."""
         return tree.index(self.tasks, i)
+
+
+def check_no_numpy(data: Tree, who: str) -> None:
+    """Refuse NumPy arrays in task data: a backend cannot map or differentiate them, and a
+    ``Batch`` would count them as tasks but share them whole.
+
+    Raises:
+        TypeError: naming the leaf and the conversion to make.
+    """
+    flat, treedef = tree.flatten(data)
+    for i, leaf in enumerate(flat):
+        if type(leaf).__module__ == "numpy" and hasattr(leaf, "shape") and leaf.ndim > 0:
+            raise TypeError(
+                f"{who}: task leaf {i} of {treedef} is a NumPy array of shape {leaf.shape}; "
+                "task data must be arrays of the backend: convert it with torch.as_tensor(x) "
+                "or jax.numpy.asarray(x)"
+            )
+
+
+def _check_task(data: Tree, meta: Tree, backend: Backend, who: str) -> None:
+    """Task data the backend can map: no nested Batch, no NumPy arrays, one device."""
+    flat, treedef = tree.flatten(data)
+    if any(isinstance(leaf, Batch) for leaf in flat):
+        raise TypeError(
+            f"{who}: the task {treedef} contains a Batch; pass the Batch itself as the task "
+            "(one level of stacked tasks), not inside another structure"
+        )
+    check_no_numpy(data, who)
+    where: dict[str, str] = {}
+    for name, t in (("meta", meta), ("task", data)):
+        for i, leaf in enumerate(tree.leaves(t)):
+            device = backend.device(leaf) if backend.owns(leaf) else None
+            if device is not None:
+                where.setdefault(device, f"{name} leaf {i}")
+    if len(where) > 1:
+        found = ", ".join(f"{v} on {k}" for k, v in where.items())
+        raise TypeError(
+            f"{who}: the meta-parameters and the task live on different devices ({found}); "
+            "move them to one device first, e.g. with .to(device) on every leaf"
+        )
+
+
+def _check_unchanged(
+    backend: Backend,
+    caller: Tree,
+    before: tuple[int | None, ...],
+    own: Tree,
+    fresh: tuple[int | None, ...],
+    who: str,
+) -> None:
+    """Refuse a call during which a user function changed an input in place."""
+    changed = [
+        i for i, (a, b) in enumerate(zip(before, backend.versions(caller), strict=True)) if a != b
+    ]
+    changed_own = [
+        i for i, (a, b) in enumerate(zip(fresh, backend.versions(own), strict=True)) if a != b
+    ]
+    if changed or changed_own:
+        meta_n = len(tree.leaves(caller[0]))
+        what = [f"meta leaf {i}" for i in changed_own] + [
+            f"meta leaf {i}" if i < meta_n else f"task leaf {i - meta_n}" for i in changed
+        ]
+        raise _in_place(who, ", ".join(what))
+
+
+def _in_place(who: str, what: str = "an input") -> ValueError:
+    return ValueError(
+        f"{who}: a function of the Problem or the solver changed {what} in place "
+        "(x.mul_(...), x += ..., x[i] = ...); bilevel never changes the caller's arrays and "
+        "refuses functions that do, since the result would not be a function of the inputs: "
+        "write the operation out of place (x = x * 2)"
+    )
 
 
 def _task_axes(data: Tree, backend: Backend) -> Tree:
@@ -119,7 +202,7 @@ def hypergrad(
 
     .. math:: \text{value} = F(φ_K, θ, τ), \qquad \text{grad} ≈ \frac{dF}{dθ}
 
-    where the exact meaning of ``grad`` is the strategy's (see ``DESIGN.md``). For a
+    where the exact meaning of ``grad`` is the strategy's (see ``docs/strategies.md``). For a
     :class:`Batch`, value and grad are means over tasks; tasks are mapped with the backend's
     ``vmap`` when the strategy and solver allow it and looped otherwise, with the same result.
 
@@ -166,8 +249,36 @@ def hypergrad(
     data = task.tasks if isinstance(task, Batch) else task
     backend = backend_for(meta, data, what="hypergrad")
     _check_inputs(problem, strategy, meta, backend)
+    _check_task(data, meta, backend, "hypergrad")
     strategy.validate(solver)
-    meta, data = backend.untape(meta), backend.untape(data)
+    # The computation gets its own copy of θ (a function that changes it in place cannot reach
+    # the caller's) and no tape recorded by the caller; in-place changes are found by version.
+    caller, before = (meta, data), backend.versions((meta, data))
+    meta, data = backend.isolate(backend.untape(meta)), backend.untape(data)
+    fresh = backend.versions(meta)
+    try:
+        res = _hypergrad(problem, solver, meta, data, isinstance(task, Batch), strategy, backend)
+    except RuntimeError as err:
+        if backend.is_in_place_error(err):
+            raise _in_place("hypergrad") from err
+        raise
+    _check_unchanged(backend, caller, before, meta, fresh, "hypergrad")
+    # Results carry no autograd history (a loss closing over a module that requires grad would
+    # otherwise keep its graph alive) and share no memory with the caller's arrays.
+    value, grad, values = backend.untape((res.value, res.grad, res.task_values))
+    params = backend.unalias(backend.untape(res.params), caller)
+    return Result(value, grad, params, res.info, res.task_info, values)
+
+
+def _hypergrad(
+    problem: Problem,
+    solver: Any,
+    meta: Tree,
+    data: Tree,
+    batched: bool,
+    strategy: Strategy,
+    backend: Backend,
+) -> Result:
     # None where this call cannot be compiled: host-side steps (TwoPhase) or non-array inputs
     compilable = not isinstance(strategy, TwoPhase) and _all_arrays(backend, meta, data)
     key = (strategy, solver) if compilable else None
@@ -178,7 +289,7 @@ def hypergrad(
     def one_of(p: Problem) -> Callable[[Tree, Tree], tuple[Any, ...]]:
         return lambda m, t: single(p, m, t)
 
-    if not isinstance(task, Batch):
+    if not batched:
         out = Outcome(*_run(single, "compute", key, problem, meta, data, backend))
         raise_nonfinite(
             out.value,
@@ -189,7 +300,7 @@ def hypergrad(
             backend,
         )
         info = info_of(out.diag, strategy, backend)
-        warn([issues_of(info, out.diag.get("stationarity_tol"))])
+        warn([issues_of(info, out.diag.get("stationarity_tol"))], stacklevel=4)
         return Result(out.value, out.grad, out.params, info, (info,), backend.stack([out.value]))
 
     batch = Batch(data)
@@ -239,7 +350,9 @@ def hypergrad(
         params = tree.map(lambda *ps: backend.stack(ps), *(o.params for o in outs))
         task_diags = [o.diag for o in outs]
     # One host synchronisation for the whole batch; per-task checks only on the failure path.
-    if backend.host_bool(backend.all_finite((values, grads, mean_grad, params))) is False:
+    value = values.mean(0)
+    finite = backend.all_finite((value, values, grads, mean_grad, params))
+    if backend.host_bool(finite) is False:
         if grads is None:  # find the task: its own hypergradient, on the failure path only
             values, grads, params, _ = vmapped_one(meta, data)
         for i in range(n):
@@ -253,14 +366,17 @@ def hypergrad(
                 where=f" (task {i})",
             )
         raise RuntimeError(  # every task is finite, their mean is not: it overflowed
-            f"hypergrad: every task's hypergradient is finite but their mean over the batch of {n} "
-            f"is not (overflow) with {strategy!r}; rescale the outer loss"
+            f"hypergrad: every task's outer value and hypergradient are finite but their mean "
+            f"over the batch of {n} is not (overflow) with {strategy!r}; rescale the outer loss"
         )
     plain = Info(strategy=repr(strategy))
     infos = tuple(info_of(d, strategy, backend) if d else plain for d in task_diags)
-    warn([issues_of(i, d.get("stationarity_tol")) for i, d in zip(infos, task_diags, strict=True)])
+    warn(
+        [issues_of(i, d.get("stationarity_tol")) for i, d in zip(infos, task_diags, strict=True)],
+        stacklevel=4,
+    )
     grad = mean_grad if mean_grad is not None else tree.map(lambda g: g.mean(0), grads)
-    return Result(values.mean(0), grad, params, worst(infos), infos, values)
+    return Result(value, grad, params, worst(infos), infos, values)
 
 
 def _all_arrays(backend: Backend, *trees: Tree) -> bool:
@@ -317,20 +433,15 @@ def _grad_of_mean(
     dims: Tree,
     backend: Backend,
 ) -> tuple[Any, Tree, Tree, dict[str, Any]]:
-    """``(values, ∇ mean(values), params, diags)``: reverse mode through the vmapped maps of
-    all tasks at once, so the backward pass accumulates one θ-sized gradient instead of one per
-    task (less memory than vmapping each task's gradient when θ enters the inner loop)."""
+    """``(values, ∇ mean(values), params, diags)`` of the strategy's map over the batch, with
+    ``grad`` and ``vmap`` composed as the backend knows to be exact."""
 
     def per_task(m: Tree, t: Tree) -> tuple[Any, tuple[Tree, dict[str, Any]]]:
         fn, found = strategy.map_with_aux(problem, solver, meta, t, backend)
         value, (params, diag) = fn(m)
         return value, (params, {**found, **diag})
 
-    def mean_map(m: Tree) -> tuple[Any, tuple[Any, Tree, dict[str, Any]]]:
-        values, (params, diags) = backend.vmap(per_task, in_dims=(None, dims))(m, data)
-        return values.mean(0), (values, params, diags)
-
-    (_, (values, params, diags)), grad = backend.value_and_grad(mean_map, has_aux=True)(meta)
+    values, grad, (params, diags) = backend.batch_value_and_grad(per_task, dims)(meta, data)
     return values, grad, params, diags
 
 
@@ -368,16 +479,24 @@ def solve(problem: Problem, solver: Any, meta: Tree, task: Tree) -> Tree:
     data = task.tasks if isinstance(task, Batch) else task
     backend = backend_for(meta, data, what="solve")
     _check_problem(problem, "solve")
-    meta, data = backend.untape(meta), backend.untape(data)
+    _check_task(data, meta, backend, "solve")
+    caller, before = (meta, data), backend.versions((meta, data))
+    meta, data = backend.isolate(backend.untape(meta)), backend.untape(data)
+    fresh = backend.versions(meta)
 
     def one(t: Tree) -> Tree:
         return solve_forward(problem, solver, meta, t, backend)[0]
 
     if not isinstance(task, Batch):
-        return one(data)
-    batch = Batch(data)
-    n = batch.size()
-    if vectorizable(solver):
-        dims = _task_axes(data, backend)
-        return backend.vmap(one, in_dims=(dims,))(data)
-    return tree.map(lambda *ps: backend.stack(ps), *(one(batch.task(i)) for i in range(n)))
+        params = one(data)
+    else:
+        batch = Batch(data)
+        n = batch.size()
+        if vectorizable(solver):
+            params = backend.vmap(one, in_dims=(_task_axes(data, backend),))(data)
+        else:
+            params = tree.map(
+                lambda *ps: backend.stack(ps), *(one(batch.task(i)) for i in range(n))
+            )
+    _check_unchanged(backend, caller, before, meta, fresh, "solve")
+    return backend.unalias(backend.untape(params), caller)

@@ -1,4 +1,4 @@
-"""The layering rules of DESIGN.md, lint and types, checked on the source itself."""
+"""The layering rules (README.md, "Package layout" and "Backends"), lint and types, checked on the source itself."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "bilevel"
 SOLVERS = ROOT / "solvers"
-# solvers may use these leaf modules of bilevel and nothing else of it (DESIGN.md, layering).
+# solvers may use these leaf modules of bilevel and nothing else of it (layering).
 SOLVERS_MAY_IMPORT = {"bilevel.backends", "bilevel.tree", "bilevel.protocols", "bilevel.validate"}
 
 
@@ -51,7 +51,7 @@ def _is_solvers(name: str) -> bool:
     return name == "bilevel.solvers" or name.startswith("bilevel.solvers.")
 
 
-# recipes and trainer compose the core with solvers (DESIGN.md): they may import solvers, and the
+# recipes and trainer compose the core with solvers (README.md, Concepts): they may import solvers, and the
 # curated bilevel/__init__.py must not import them.
 COMPOSERS = {"recipes.py", "trainer.py"}
 

@@ -38,6 +38,17 @@ class Backend(Protocol):
         """``fn``'s value and gradient: returns ``(value, grad)``, or ``((value, aux), grad)``."""
         ...
 
+    def batch_value_and_grad(
+        self, fn: Callable[[Tree, Tree], tuple[Any, Any]], in_dims: Tree
+    ) -> Callable[[Tree, Tree], tuple[Any, Tree, Any]]:
+        """Over a batch of tasks: ``(values, ∇_θ mean(values), aux)`` of ``fn(θ, task) ->
+        (value, aux)``, ``task`` mapped over ``in_dims``, θ shared.
+
+        Each backend composes ``grad`` and ``vmap`` in the order that is exact for every
+        function it can map: the result equals one gradient per task, averaged.
+        """
+        ...
+
     def compiled(self, fn: Callable[..., Any], /) -> Callable[..., Any]:
         """A function equal to the pure function ``fn``, compiled where the backend compiles.
 
@@ -82,6 +93,29 @@ class Backend(Protocol):
         ``hypergrad`` still composes with the backend's transforms; only a tape recorded by the
         caller is cut, so results never hold on to the whole unrolled graph.
         """
+        ...
+
+    def device(self, leaf: Array, /) -> str | None:
+        """Where an array lives (``"cpu"``, ``"cuda:0"``, …), or ``None`` where not known (a
+        traced or transformed array)."""
+        ...
+
+    def is_in_place_error(self, err: BaseException, /) -> bool:
+        """Whether ``err`` is the framework refusing an in-place change inside a transform."""
+        ...
+
+    def isolate(self, tree: Tree, /) -> Tree:
+        """Copies of the array leaves that share no memory with the caller's (torch: ``clone``,
+        differentiable; JAX: the arrays themselves, which are immutable)."""
+        ...
+
+    def versions(self, tree: Tree, /) -> tuple[int | None, ...]:
+        """Per leaf, a counter that every in-place change of it increments (torch's
+        ``_version``), or ``None`` where there is none (JAX arrays, ``torch.func`` wrappers)."""
+        ...
+
+    def unalias(self, tree: Tree, /, *inputs: Tree) -> Tree:
+        """``tree`` with every leaf that shares memory with a leaf of ``inputs`` copied."""
         ...
 
     def zeros_like(self, tree: Tree, /) -> Tree:

@@ -126,6 +126,23 @@ class JaxBackend:
     ) -> Callable[..., tuple[Any, Any]]:
         return jax.value_and_grad(fn, argnums=argnums, has_aux=has_aux)
 
+    def batch_value_and_grad(
+        self, fn: Callable[[Tree, Tree], tuple[Any, Any]], in_dims: Tree
+    ) -> Callable[[Tree, Tree], tuple[Any, Tree, Any]]:
+        # The gradient of the vmapped mean: JAX transforms the traced program as a whole, so
+        # the order is exact, and the backward pass accumulates one θ-sized gradient.
+        mapped = self.vmap(fn, in_dims=(None, in_dims))
+
+        def run(meta: Tree, tasks: Tree) -> tuple[Any, Tree, Any]:
+            def mean(m: Tree) -> tuple[Any, tuple[Any, Any]]:
+                values, aux = mapped(m, tasks)
+                return values.mean(0), (values, aux)
+
+            (_, (values, aux)), grad = jax.value_and_grad(mean, has_aux=True)(meta)
+            return values, grad, aux
+
+        return run
+
     def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         jitted = jax.jit(fn)
         traceable = True
@@ -195,6 +212,25 @@ class JaxBackend:
 
     def untape(self, tree_: Tree) -> Tree:
         return tree_  # JAX keeps no history on arrays: nothing to cut
+
+    def device(self, leaf: Any) -> str | None:
+        try:
+            devices = leaf.devices()
+        except (AttributeError, jax.errors.ConcretizationTypeError):  # a tracer
+            return None
+        return ",".join(sorted(str(d) for d in devices))
+
+    def is_in_place_error(self, err: BaseException) -> bool:
+        return False  # JAX arrays cannot be changed in place
+
+    def isolate(self, tree_: Tree) -> Tree:
+        return tree_  # JAX arrays are immutable: sharing them is safe
+
+    def versions(self, tree_: Tree) -> tuple[int | None, ...]:
+        return tuple(None for _ in tree.leaves(tree_))  # nothing can change in place
+
+    def unalias(self, tree_: Tree, *inputs: Tree) -> Tree:
+        return tree_  # immutable: a shared array cannot be changed through the result
 
     def zeros_like(self, tree_: Tree) -> Tree:
         return tree.map(jnp.zeros_like, tree_)
