@@ -14,7 +14,7 @@ frozen dataclass whose fields are its hyperparameters. :class:`Higher`,
 
 from bilevel.solvers.compose import L1, Chain, ClipByGlobalNorm, CosineDecay, ScaleBySchedule, chain
 from bilevel.solvers.inner import GradientDescent, Optimizer, Scipy, UpdateRule
-from bilevel.solvers.interop import Higher, from_module, from_torch_optim
+from bilevel.solvers.interop import Higher, from_module, from_torch_optim, updated_buffers
 from bilevel.solvers.linear import CG, GMRES, MINRES, Direct, Neumann
 from bilevel.solvers.optim import SGD, Adam
 
@@ -39,4 +39,5 @@ __all__ = [
     "chain",
     "from_module",
     "from_torch_optim",
+    "updated_buffers",
 ]
