@@ -76,8 +76,6 @@ def _times(name: str, rate: Any, x: Tree) -> Tree:
         TypeError: for a tree of another structure, or a rate that changes a dtype.
         ValueError: for a rate whose shape broadcasts a leaf to another shape.
     """
-    if isinstance(rate, int | float):
-        return tree.scale(rate, x)
     x_leaves, x_def = tree.flatten(x)
     r_leaves, r_def = tree.flatten(rate)
     if r_def != x_def:
@@ -105,6 +103,13 @@ def _times(name: str, rate: Any, x: Tree) -> Tree:
             )
         out.append(y)
     return tree.unflatten(x_def, out)
+
+
+def _axpy(name: str, a: Any, x: Tree, y: Tree) -> Tree:
+    """``a ⊙ x + y`` leafwise, in one pass for a number ``a`` (the fixed-hyperparameter path)."""
+    if isinstance(a, int | float):
+        return tree.axpy(a, x, y)
+    return tree.add(_times(name, a, x), y)
 
 
 @dataclass(frozen=True)
@@ -182,12 +187,15 @@ class GradientDescent:
         _, direction = objective.value_and_grad(params)
         if not _is_zero(self.weight_decay):
             decay = objective.hyper(self.weight_decay, "GradientDescent(weight_decay=...)")
-            direction = tree.add(direction, _times("weight_decay", decay, params))
+            direction = _axpy("weight_decay", decay, params, direction)
         if velocity is not None:
             mu = objective.hyper(self.momentum, "GradientDescent(momentum=...)")
-            direction = velocity = tree.add(_times("momentum", mu, velocity), direction)
+            direction = velocity = _axpy("momentum", mu, velocity, direction)
         lr = objective.hyper(self.lr, "GradientDescent(lr=...)")
-        params = tree.sub(params, _times("lr", lr, direction))
+        if isinstance(lr, int | float):  # a fixed step size: one pass, as before
+            params = tree.axpy(-lr, direction, params)
+        else:
+            params = tree.sub(params, _times("lr", lr, direction))
         return params if stateless else (params, velocity)
 
     def params(self, state: Tree) -> Tree:

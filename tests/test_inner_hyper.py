@@ -92,6 +92,33 @@ def test_per_step_rates_match_the_closed_form(fw: Framework) -> None:
     check_hypergrad(QUADRATIC, solver, meta, fw.array(TAU), ForwardMode())
 
 
+LAYERED = Problem(
+    init=lambda m, t: m["w"],
+    inner_loss=lambda w, m, t: ((w["a"] - t) ** 2).sum() / 2 + (w["a"].sum() * w["b"]) ** 2 / 2,
+    outer_loss=lambda w, m, t: ((w["a"] - 1) ** 2).sum() / 2 + w["b"] ** 2,
+)
+
+
+def _rate_of_step(m: Tree, step: Any) -> Tree:
+    return {"a": m["lr"]["a"][step], "b": m["lr"]["b"][step]}
+
+
+@pytest.mark.parametrize("strategy", [Unrolled(), Truncated(2), ForwardMode()], ids=repr)
+def test_per_step_per_layer_rates_agree_with_finite_differences(
+    fw: Framework, strategy: Any
+) -> None:
+    """MAML++'s rates: one per layer and per step, PerStep returning a tree like the parameters
+    (default check_hypergrad tolerance, derived in bilevel.testing)."""
+    solver = solvers.GradientDescent(lr=PerStep(_rate_of_step), steps=K)
+    meta = fw.tree(
+        {
+            "w": {"a": W, "b": np.asarray(0.7)},
+            "lr": {"a": np.array([0.1, 0.2, 0.15]), "b": np.array([0.3, 0.05, 0.2])},
+        }
+    )
+    check_hypergrad(LAYERED, solver, meta, fw.array(TAU), strategy)
+
+
 def _quartic(w: Any, m: Any, t: Any) -> Any:
     return ((w - t) ** 2).sum() / 2 + (w**4).sum() / 4
 
@@ -145,9 +172,7 @@ def test_learned_hyperparameters_agree_with_finite_differences(
     check_hypergrad tolerance, derived in bilevel.testing)."""
     solver, hyper = SOLVERS[name]
     meta = fw.tree({"w": W, **hyper})
-    report = check_hypergrad(QUARTIC, solver, meta, fw.array(TAU), strategy)
-    lr_like = [k for k in hyper]
-    assert report.worst <= 1, lr_like
+    check_hypergrad(QUARTIC, solver, meta, fw.array(TAU), strategy)
 
 
 def test_first_order_and_implicit_give_zero_for_a_step_size(fw: Framework) -> None:
