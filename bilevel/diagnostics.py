@@ -122,7 +122,18 @@ def issues_of(info: Info, stationarity_tol: float | None) -> list[Issue]:
             )
         )
     if linear is not None and (not linear.converged or linear.negative_curvature):
-        if not linear.negative_curvature:
+        if not linear.negative_curvature and 0 < linear.tol <= linear.attainable:
+            # the precision floor (LinearInfo.attainable) is above the tolerance: no iteration
+            # count reaches it; say so and what to change, not just "did not converge"
+            dtype = linear.dtype or "this precision"
+            remedy = "solve in float64" if dtype != "float64" else "regularise the inner problem"
+            why = (
+                f"cannot reach tol = {linear.tol:.3g} in {dtype}: rounding in {dtype} gives a "
+                f"relative residual of about ε·‖A‖·‖x‖/‖b‖ ≈ {linear.attainable:.1g} (ε its "
+                f"machine epsilon, ‖A‖·‖x‖/‖b‖ ≤ κ(A)); raise the linear solver's tol to "
+                f"{3 * linear.attainable:.0e} or {remedy}"
+            )
+        elif not linear.negative_curvature:
             why = "did not converge"
         elif not linear.converged:
             why = (

@@ -352,15 +352,28 @@ class LinearOperator:
 class LinearInfo:
     """Diagnostics of one linear solve.
 
+    Every solver of ``bilevel.solvers`` fills all fields; a solver written elsewhere may leave
+    the last three at their defaults (meaning: not reported).
+
     Attributes:
         iterations: matrix-vector products spent in the iteration (the final residual check
             adds one more).
         residual: the relative residual ``‖b − A x‖ / ‖b‖`` of the returned ``x``, recomputed
-            from scratch (0 when ``b = 0``).
-        converged: whether the requested tolerance was met.
+            from scratch (0 when ``b = 0``), never the solver's own running estimate.
+        converged: whether ``residual`` meets the requested tolerance, ``residual ≤ tol`` (and,
+            for CG, no negative curvature was met).
         negative_curvature: whether a direction with ``pᵀAp ≤ 0`` was met (CG), or a negative
             eigenvalue seen (Direct on a symmetric operator).
         extra: solver-specific details (e.g. SciPy's exit code).
+        tol: the relative residual that counts as converged (the solver's ``tol``; for CG
+            ``max(tol, atol/‖b‖)``); 0.0 when not reported.
+        attainable: the relative residual the floating-point precision of the solve can be
+            expected to reach, ``ε·‖A‖·‖x‖/‖b‖ ≤ ε·κ(A)`` with ``ε`` the machine epsilon of
+            ``dtype`` and ``‖A‖`` the solver's estimate (rounding in ``A x`` alone is of this
+            size, so no iteration gets the recomputed residual much below it); 0.0 when not
+            estimated. ``attainable ≥ tol`` means ``tol`` asks for more than ``dtype`` allows.
+        dtype: the floating-point type ``A`` was applied in (``"float32"``, ``"float64"``, …);
+            empty when not reported.
     """
 
     iterations: int
@@ -368,6 +381,9 @@ class LinearInfo:
     converged: bool
     negative_curvature: bool = False
     extra: Mapping[str, Any] = field(default_factory=lambda: {})
+    tol: float = 0.0
+    attainable: float = 0.0
+    dtype: str = ""
 
 
 @runtime_checkable
