@@ -357,7 +357,7 @@ class LinearInfo:
 
     Attributes:
         iterations: matrix-vector products spent in the iteration (the final residual check
-            adds one more).
+            adds one more, and each restart of CG one).
         residual: the relative residual ``‖b − A x‖ / ‖b‖`` of the returned ``x``, recomputed
             from scratch (0 when ``b = 0``), never the solver's own running estimate.
         converged: whether ``residual`` meets the requested tolerance, ``residual ≤ tol`` (and,

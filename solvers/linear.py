@@ -226,7 +226,7 @@ class CG:
             residual,
             not negative and rnorm <= threshold,
             negative,
-            tol=threshold / bnorm if bnorm > 0 else self.tol,
+            tol=max(self.tol, self.atol / bnorm) if bnorm > 0 else self.tol,
             attainable=_attainable(eps, anorm, xnorm, bnorm),
             dtype=dtype,
         )
@@ -315,7 +315,7 @@ class CG:
                 float(residual[i]),
                 bool(not negative[i] and rnorm[i] <= threshold[i]),
                 bool(negative[i]),
-                tol=float(threshold[i] / bnorm[i]) if bnorm[i] > 0 else self.tol,
+                tol=max(self.tol, float(self.atol / bnorm[i])) if bnorm[i] > 0 else self.tol,
                 attainable=_attainable(eps, float(anorm[i]), float(xnorm[i]), float(bnorm[i])),
                 dtype=dtype,
             )
