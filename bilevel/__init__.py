@@ -3,7 +3,7 @@ hypergradient strategy each swappable.
 
 The public API::
 
-    Problem, SemiGradient, hypergrad, solve, Batch, Result, Info
+    Problem, SemiGradient, PerStep, hypergrad, solve, Batch, Result, Info
     Unrolled, Truncated, FirstOrder, Implicit, ForwardMode
     BilevelWarning, LinearSolveWarning, StationarityWarning, SolverWarning
 
@@ -19,7 +19,7 @@ from bilevel.diagnostics import (
 )
 from bilevel.hypergrad import Batch, hypergrad, solve
 from bilevel.problem import Problem
-from bilevel.protocols import SemiGradient
+from bilevel.protocols import PerStep, SemiGradient
 from bilevel.result import Info, Result
 from bilevel.strategies import FirstOrder, ForwardMode, Implicit, Strategy, Truncated, Unrolled
 
@@ -33,6 +33,7 @@ __all__ = [
     "Implicit",
     "Info",
     "LinearSolveWarning",
+    "PerStep",
     "Problem",
     "Result",
     "SemiGradient",

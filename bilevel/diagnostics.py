@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -96,29 +97,57 @@ def raise_nonfinite(
 
 def info_of(diag: dict[str, Any], strategy: object, backend: Backend) -> Info:
     """One task's :class:`Info` from a strategy's raw diagnostics."""
-    stationarity = diag.get("stationarity")
+    stationarity, limit = diag.get("stationarity"), diag.get("stationarity_limit")
     return Info(
         strategy=repr(strategy),
         stationarity=None if stationarity is None else backend.to_float(stationarity),
         linear=diag.get("linear"),
         solver=diag.get("solver"),
+        stationarity_limit=None if limit is None else backend.to_float(limit),
     )
 
 
 Issue = tuple[type[BilevelWarning], str]
 
 
+def _stationary(info: Info, tol: float) -> bool:
+    """``‖G(φ*)‖ ≤ info.stationarity_limit`` (relative to the start of the inner solve, so
+    independent of the loss's scale); an absolute ``‖G(φ*)‖ ≤ tol`` where no limit was set."""
+    stat, limit = info.stationarity, info.stationarity_limit
+    if stat is None:
+        return True
+    return stat <= (tol if limit is None else limit)
+
+
+def _ratio(info: Info) -> float:
+    """``‖G(φ*)‖`` over its limit, for ranking tasks (0/0 = 0, x/0 = ∞)."""
+    stat, limit = info.stationarity or 0.0, info.stationarity_limit
+    if limit is None:
+        return stat
+    return stat / limit if limit > 0 else (0.0 if stat == 0 else math.inf)
+
+
 def issues_of(info: Info, stationarity_tol: float | None) -> list[Issue]:
     """What is wrong with one task's result, as (warning category, description) pairs."""
     issues: list[Issue] = []
     stat, linear, solver = info.stationarity, info.linear, info.solver
-    if stat is not None and stationarity_tol is not None and not stat <= stationarity_tol:
+    limit = info.stationarity_limit
+    if (
+        stat is not None
+        and stationarity_tol is not None
+        and not _stationary(info, stationarity_tol)
+    ):
+        reference = (
+            f"stationarity_tol·‖G(φ₀)‖ = {limit:.3g} (stationarity_tol = "
+            f"{stationarity_tol:.3g}, ‖G(φ₀)‖ the residual at the start of the inner solve)"
+            if limit is not None
+            else f"stationarity_tol = {stationarity_tol:.3g}"
+        )
         issues.append(
             (
                 StationarityWarning,
-                f"the inner problem is not solved: ‖G(φ*)‖ = {stat:.3g} > stationarity_tol = "
-                f"{stationarity_tol:.3g}, so {info.strategy} is not exact; run more inner steps "
-                "or a better inner solver",
+                f"the inner problem is not solved: ‖G(φ*)‖ = {stat:.3g} > {reference}, so "
+                f"{info.strategy} is not exact; run more inner steps or a better inner solver",
             )
         )
     if linear is not None and (not linear.converged or linear.negative_curvature):
@@ -182,18 +211,24 @@ def warn(per_task: Sequence[list[Issue]], stacklevel: int = 3) -> None:
 
 
 def worst(infos: Sequence[Info]) -> Info:
-    """The worst case over tasks: largest residual and stationarity, success only if all."""
+    """The worst case over tasks: largest residual, the task farthest from
+    stationarity (relative to its start), success only if all."""
     first = infos[0]
-    stats = [i.stationarity for i in infos if i.stationarity is not None]
+    judged = [i for i in infos if i.stationarity is not None]
+    farthest = max(judged, key=_ratio) if judged else None
     linears = [i.linear for i in infos if i.linear is not None]
     solvers = [i.solver for i in infos if i.solver is not None]
     linear = None
     if linears:
+        largest = max(linears, key=lambda li: li.residual)
         linear = LinearInfo(
             iterations=max(li.iterations for li in linears),
-            residual=max(li.residual for li in linears),
+            residual=largest.residual,
             converged=all(li.converged for li in linears),
             negative_curvature=any(li.negative_curvature for li in linears),
+            tol=largest.tol,
+            attainable=max(li.attainable for li in linears),
+            dtype=largest.dtype,
         )
     solver = None
     if solvers:
@@ -205,7 +240,8 @@ def worst(infos: Sequence[Info]) -> Info:
         )
     return Info(
         strategy=first.strategy,
-        stationarity=max(stats) if stats else None,
+        stationarity=None if farthest is None else farthest.stationarity,
+        stationarity_limit=None if farthest is None else farthest.stationarity_limit,
         linear=linear,
         solver=solver,
     )

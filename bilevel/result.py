@@ -18,8 +18,11 @@ class Info:
 
     Attributes:
         strategy: ``repr`` of the strategy that produced the result.
-        stationarity: ``‖∇_φ f(φ_K)‖`` (or ``‖φ_K − step(φ_K)‖`` for a fixed point) where the
-            strategy relies on it (``Implicit``); ``None`` where it was not computed.
+        stationarity: ``‖G(φ_K)‖``, with ``G = ∇_φ f`` (or ``φ − step(φ)`` for a fixed point),
+            where the strategy relies on it (``Implicit``); ``None`` where it was not computed.
+        stationarity_limit: what ``stationarity`` is judged against:
+            ``stationarity_tol · ‖G(φ₀)‖`` at the start of the inner solve ``φ₀ = init(θ, τ)``,
+            or the rounding level of ``G`` where larger; ``None`` where not computed.
         linear: the linear solve's diagnostics (``Implicit``), else ``None``.
         solver: a black-box solver's report, else ``None``.
     """
@@ -28,6 +31,7 @@ class Info:
     stationarity: float | None = None
     linear: LinearInfo | None = None
     solver: SolverInfo | None = None
+    stationarity_limit: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The layering rules (README.md, "Package layout" and "Backends"), lint and types, checked on the source itself."""
+"""The layering rules (README.md, "Package layout" and "Backends"), lint and types, checked on
+the source itself."""
 
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def _is_solvers(name: str) -> bool:
     return name == "bilevel.solvers" or name.startswith("bilevel.solvers.")
 
 
-# recipes and trainer compose the core with solvers (README.md, Concepts): they may import solvers, and the
-# curated bilevel/__init__.py must not import them.
+# recipes and trainer compose the core with solvers (README.md, Concepts): they may import
+# solvers, and the curated bilevel/__init__.py must not import them.
 COMPOSERS = {"recipes.py", "trainer.py"}
 
 

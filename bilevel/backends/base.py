@@ -95,6 +95,10 @@ class Backend(Protocol):
         """
         ...
 
+    def epsilon(self, leaf: Array, /) -> float:
+        """The machine epsilon of ``leaf``'s floating dtype."""
+        ...
+
     def device(self, leaf: Array, /) -> str | None:
         """Where an array lives (``"cpu"``, ``"cuda:0"``, …), or ``None`` where not known (a
         traced or transformed array)."""

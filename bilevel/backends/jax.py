@@ -213,6 +213,9 @@ class JaxBackend:
     def untape(self, tree_: Tree) -> Tree:
         return tree_  # JAX keeps no history on arrays: nothing to cut
 
+    def epsilon(self, leaf: Any) -> float:
+        return float(jnp.finfo(leaf.dtype).eps)
+
     def device(self, leaf: Any) -> str | None:
         try:
             devices = leaf.devices()

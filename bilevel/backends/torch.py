@@ -157,6 +157,9 @@ class TorchBackend:
 
         return tree.map(plain, tree_)
 
+    def epsilon(self, leaf: Any) -> float:
+        return float(torch.finfo(leaf.dtype).eps)
+
     def device(self, leaf: Any) -> str | None:
         return str(leaf.device) if _plain(leaf) else None
 
