@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import math
 
-__all__ = ["callable_with", "count", "nonnegative", "positive"]
+__all__ = ["callable_with", "count", "instance", "nonnegative", "positive", "relative_tolerance"]
 
 
 def positive(who: str, name: str, value: object, example: str) -> None:
@@ -54,3 +54,24 @@ def callable_with(who: str, name: str, fn: object, nargs: int, signature: str) -
             f"{who}: {name} must accept {nargs} positional arguments {signature}, "
             f"but its signature is {sig}"
         ) from None
+
+
+def relative_tolerance(who: str, name: str, value: object, example: str) -> None:
+    """Raise unless ``0 < value < 1``: a tolerance on ``‖b − Ax‖/‖b‖``, which ``x = 0`` meets
+    with 1 (a tolerance ≥ 1 would accept ``x = 0`` without an iteration)."""
+    positive(who, name, value, example)
+    if value >= 1:  # pyright: ignore[reportOperatorIssue]  # a number: checked just above
+        raise ValueError(
+            f"{who}: {name}={value!r} is a relative residual ‖b − Ax‖/‖b‖ and must be < 1 "
+            f"(x = 0 already has residual 1), e.g. {example}"
+        )
+
+
+def instance(who: str, name: str, value: object, hint: str) -> None:
+    """Raise ``TypeError`` if ``value`` is a class where an instance belongs; ``hint`` names
+    the other accepted kinds (e.g. ``" or a function (params, meta, task) -> update"``)."""
+    if isinstance(value, type):
+        raise TypeError(
+            f"{who}: {name} is the class {value.__name__}; pass an instance{hint}, e.g. "
+            f"{value.__name__}(...)"
+        )

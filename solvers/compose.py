@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, cast
 
 from bilevel import tree
 from bilevel.solvers.optim import sqrt_zero_safe, update
-from bilevel.validate import callable_with, count, nonnegative, positive
+from bilevel.validate import callable_with, count, instance, nonnegative, positive
 
 __all__ = ["L1", "Chain", "ClipByGlobalNorm", "CosineDecay", "ScaleBySchedule", "chain"]
 
@@ -204,7 +204,7 @@ class ScaleBySchedule:
         schedule: ``(step: int) -> float``, e.g. :class:`CosineDecay`.
 
     Raises:
-        TypeError: if ``schedule`` is not a function of one argument.
+        TypeError: if ``schedule`` is a class or not a function of one argument.
 
     Example:
         >>> import torch
@@ -223,6 +223,7 @@ class ScaleBySchedule:
     vectorizable = True
 
     def __post_init__(self) -> None:
+        instance("ScaleBySchedule", "schedule", self.schedule, "")
         callable_with("ScaleBySchedule", "schedule", self.schedule, 1, "(step: int) -> float")
 
     def init(self, params: Tree) -> ScheduleState:

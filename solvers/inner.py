@@ -21,7 +21,7 @@ import scipy.optimize
 from bilevel import tree
 from bilevel.protocols import InnerObjective, PerStep, SemiGradient, SolverInfo
 from bilevel.solvers.optim import update
-from bilevel.validate import callable_with, count, nonnegative, positive
+from bilevel.validate import callable_with, count, instance, nonnegative, positive
 
 __all__ = ["GradientDescent", "Hyper", "Optimizer", "Scipy", "UpdateRule"]
 
@@ -203,6 +203,7 @@ class GradientDescent:
 
 
 def _check_transform(transform: object) -> None:
+    instance("Optimizer", "transform", transform, "")
     if not (
         callable(getattr(transform, "init", None)) and callable(getattr(transform, "update", None))
     ):
@@ -231,7 +232,7 @@ class Optimizer:
         steps: the number of steps K ≥ 0.
 
     Raises:
-        TypeError: if ``transform`` lacks ``init``/``update``.
+        TypeError: if ``transform`` is a class or lacks ``init``/``update``.
         ValueError: if ``steps`` is negative.
 
     Example:
@@ -290,8 +291,8 @@ class UpdateRule:
         steps: the number of applications T ≥ 0.
 
     Raises:
-        TypeError: if ``rule`` is not callable, or returns a tree of another structure or an
-            update that would change a parameter's dtype.
+        TypeError: if ``rule`` is a class or not callable, or returns a tree of another
+            structure or an update that would change a parameter's dtype.
         ValueError: if ``steps`` is negative, or an update would change a parameter's shape
             (broadcasting).
 
@@ -310,6 +311,7 @@ class UpdateRule:
     steps: int
 
     def __post_init__(self) -> None:
+        instance("UpdateRule", "rule", self.rule, " or a function (params, meta, task) -> update")
         if not callable(self.rule):
             raise TypeError(
                 f"UpdateRule: rule must be a function (params, meta, task) -> update, got "
@@ -324,7 +326,7 @@ class UpdateRule:
         args = (state, objective.meta, objective.task)
         if isinstance(self.rule, PerStep):
             args = (*args, objective.step_index("UpdateRule's rule"))
-        delta = objective.compiled(self.rule)(*args)
+        delta = self.rule(*args)
         if tree.structure(delta) != tree.structure(state):
             raise TypeError(
                 f"UpdateRule: rule returned an update of structure {tree.structure(delta)}, but "

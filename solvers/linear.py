@@ -24,7 +24,7 @@ from scipy.linalg import eigvalsh_tridiagonal
 from bilevel import tree
 from bilevel.backends.base import Backend
 from bilevel.protocols import LinearInfo, LinearOperator
-from bilevel.validate import count, nonnegative, positive
+from bilevel.validate import count, nonnegative, positive, relative_tolerance
 
 __all__ = ["CG", "GMRES", "MINRES", "Direct", "Neumann"]
 
@@ -139,8 +139,12 @@ class CG:
     Args:
         maxiter: the most iterations (≥ 1), one matrix-vector product each; the residual
             recomputations add one at the end and one per restart.
-        tol: relative tolerance on the residual (> 0).
+        tol: relative tolerance on the residual (0 < tol < 1).
         atol: absolute tolerance on the residual (≥ 0).
+
+    Raises:
+        TypeError / ValueError: at construction, for a hyperparameter of the wrong type or out
+            of the range given above.
 
     Example:
         >>> import torch
@@ -162,7 +166,7 @@ class CG:
     def __post_init__(self) -> None:
         who = f"CG(maxiter={self.maxiter!r}, tol={self.tol!r}, atol={self.atol!r})"
         count(who, "maxiter", self.maxiter, 1)
-        positive(who, "tol", self.tol, "tol=1e-10")
+        relative_tolerance(who, "tol", self.tol, "tol=1e-10")
         nonnegative(who, "atol", self.atol, "atol=0.0")
 
     def _restart(self, rnorm: float, threshold: float, iterations: int) -> bool:
@@ -338,7 +342,11 @@ class Neumann:
     Args:
         maxiter: the most terms (≥ 1).
         alpha: the scaling α (> 0).
-        tol: the relative residual ``‖b − Ax‖/‖b‖`` to reach (> 0).
+        tol: the relative residual ``‖b − Ax‖/‖b‖`` to reach (0 < tol < 1).
+
+    Raises:
+        TypeError / ValueError: at construction, for a hyperparameter of the wrong type or out
+            of the range given above.
 
     Example:
         >>> import torch
@@ -360,7 +368,7 @@ class Neumann:
         who = f"Neumann(maxiter={self.maxiter!r}, alpha={self.alpha!r}, tol={self.tol!r})"
         count(who, "maxiter", self.maxiter, 1)
         positive(who, "alpha", self.alpha, "alpha=1.0")
-        positive(who, "tol", self.tol, "tol=1e-10")
+        relative_tolerance(who, "tol", self.tol, "tol=1e-10")
 
     def solve(
         self, operator: LinearOperator, b: Tree, *, backend: Backend
@@ -400,9 +408,9 @@ class _Krylov:
     tol: float = 1e-10
 
     def __post_init__(self) -> None:
-        who = f"{type(self).__name__}(maxiter={self.maxiter!r}, tol={self.tol!r})"
+        who = repr(self)
         count(who, "maxiter", self.maxiter, 1)
-        positive(who, "tol", self.tol, "tol=1e-10")
+        relative_tolerance(who, "tol", self.tol, "tol=1e-10")
 
     def _run(
         self, a: spla.LinearOperator, b: np.ndarray[Any, Any], x0: np.ndarray[Any, Any], rtol: float
@@ -471,7 +479,11 @@ class MINRES(_Krylov):
     Args:
         maxiter: the most iterations of one SciPy run (≥ 1); a solve makes up to 4 runs,
             restarting from the last iterate while ``‖b − Ax‖/‖b‖ > tol``.
-        tol: the relative residual ``‖b − Ax‖/‖b‖`` to reach (> 0).
+        tol: the relative residual ``‖b − Ax‖/‖b‖`` to reach (0 < tol < 1).
+
+    Raises:
+        TypeError / ValueError: at construction, for a hyperparameter of the wrong type or out
+            of the range given above.
 
     Example:
         >>> import torch
@@ -507,8 +519,12 @@ class GMRES(_Krylov):
 
     Args:
         maxiter: the most restart cycles of one SciPy run (≥ 1; up to 4 runs, as for MINRES).
-        tol: the relative residual ``‖b − Ax‖/‖b‖`` to reach (> 0).
+        tol: the relative residual ``‖b − Ax‖/‖b‖`` to reach (0 < tol < 1).
         restart: the Krylov dimension between restarts (≥ 1).
+
+    Raises:
+        TypeError / ValueError: at construction, for a hyperparameter of the wrong type or out
+            of the range given above.
 
     Example:
         >>> import torch
@@ -525,10 +541,13 @@ class GMRES(_Krylov):
 
     restart: int = 50
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        count(repr(self), "restart", self.restart, 1)
+
     def _run(
         self, a: spla.LinearOperator, b: np.ndarray[Any, Any], x0: np.ndarray[Any, Any], rtol: float
     ) -> tuple[np.ndarray[Any, Any], int]:
-        count(repr(self), "restart", self.restart, 1)
         x, code = spla.gmres(
             a, b, x0=x0, rtol=rtol, atol=0.0, restart=self.restart, maxiter=self.maxiter
         )
@@ -546,7 +565,11 @@ class Direct:
     Args:
         max_size: refuse systems with more unknowns than this (≥ 1).
         tol: the relative residual above which the (ill-conditioned) solve is reported as not
-            converged (> 0).
+            converged (0 < tol < 1).
+
+    Raises:
+        TypeError / ValueError: at construction, for a hyperparameter of the wrong type or out
+            of the range given above.
 
     Example:
         >>> import torch
@@ -566,7 +589,7 @@ class Direct:
 
     def __post_init__(self) -> None:
         count(f"Direct(max_size={self.max_size!r})", "max_size", self.max_size, 1)
-        positive(f"Direct(tol={self.tol!r})", "tol", self.tol, "tol=1e-6")
+        relative_tolerance(f"Direct(tol={self.tol!r})", "tol", self.tol, "tol=1e-6")
 
     def solve(
         self, operator: LinearOperator, b: Tree, *, backend: Backend
