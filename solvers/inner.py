@@ -20,7 +20,7 @@ import scipy.optimize
 
 from bilevel import tree
 from bilevel.protocols import InnerObjective, PerStep, SemiGradient, SolverInfo
-from bilevel.solvers.optim import update
+from bilevel.solvers.optim import heavy_ball, update
 from bilevel.validate import callable_with, count, instance, nonnegative, positive
 
 __all__ = ["GradientDescent", "Hyper", "Optimizer", "Scipy", "UpdateRule"]
@@ -105,6 +105,12 @@ def _times(name: str, rate: Any, x: Tree) -> Tree:
     return tree.unflatten(x_def, out)
 
 
+def _rate_times(name: str, rate: Any, x: Tree) -> Tree:
+    """``rate ⊙ x`` for :func:`~bilevel.solvers.optim.heavy_ball`: one product for a number
+    (bitwise the arithmetic of ``solvers.SGD``), the checked leafwise one for a value."""
+    return tree.scale(rate, x) if isinstance(rate, int | float) else _times(name, rate, x)
+
+
 def _axpy(name: str, a: Any, x: Tree, y: Tree) -> Tree:
     """``a ⊙ x + y`` leafwise, in one pass for a number ``a`` (the fixed-hyperparameter path)."""
     if isinstance(a, int | float):
@@ -118,6 +124,10 @@ class GradientDescent:
 
     .. math:: d_t = ∇f(φ_t) + λ φ_t, \qquad v_{t+1} = μ v_t + d_t, \qquad
               φ_{t+1} = φ_t − α ⊙ v_{t+1}
+
+    The momentum step is :func:`~bilevel.solvers.optim.heavy_ball`, the one that
+    :class:`~bilevel.solvers.SGD` takes: with numbers α, μ and no weight decay it equals
+    ``Optimizer(SGD(α, μ), steps)`` bit for bit.
 
     Each hyperparameter α, μ, λ is a number, or a function of the meta-parameters θ
     (``lr=lambda meta: meta["lr"]``), or a :class:`~bilevel.protocols.PerStep` function of θ
@@ -188,14 +198,10 @@ class GradientDescent:
         if not _is_zero(self.weight_decay):
             decay = objective.hyper(self.weight_decay, "GradientDescent(weight_decay=...)")
             direction = _axpy("weight_decay", decay, params, direction)
-        if velocity is not None:
-            mu = objective.hyper(self.momentum, "GradientDescent(momentum=...)")
-            direction = velocity = _axpy("momentum", mu, velocity, direction)
+        mu = None if stateless else objective.hyper(self.momentum, "GradientDescent(momentum=...)")
         lr = objective.hyper(self.lr, "GradientDescent(lr=...)")
-        if isinstance(lr, int | float):  # a fixed step size: one pass, as before
-            params = tree.axpy(-lr, direction, params)
-        else:
-            params = tree.sub(params, _times("lr", lr, direction))
+        updates, velocity = heavy_ball(direction, velocity, lr, mu, _rate_times)
+        params = tree.add(params, updates)
         return params if stateless else (params, velocity)
 
     def params(self, state: Tree) -> Tree:

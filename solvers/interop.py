@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 from bilevel import tree
 from bilevel.protocols import InnerObjective
+from bilevel.solvers.optim import heavy_ball
 from bilevel.validate import count
 
 __all__ = [
@@ -407,16 +408,24 @@ class TorchOptimTransform:
         return self._adam(grads, state, step, params if decoupled else None)
 
     def _sgd(self, g: Tree, state: TorchOptimState, step: Any) -> tuple[Tree, TorchOptimState]:
+        """torch's SGD as :func:`~bilevel.solvers.optim.heavy_ball` (``solvers.SGD``'s step):
+        ``buf = μ·buf + (1 − d)·g`` from a zero buffer, ``u = −η·buf``. Dampening d differs
+        at the first step only, where torch sets ``buf = g``; Nesterov steps along
+        ``g + μ·buf``, which is the heavy-ball update of ``g`` from the new buffer."""
         hp = self.hp
-        mu = hp["momentum"]
-        buf = None
-        if mu:
-            # torch: the first step sets buf = g (no dampening); later buf = μ·buf + (1 − d)·g
-            first = (step == 1).to(step.dtype)
-            later = tree.axpy(mu, state.momentum, tree.scale(1 - hp["dampening"], g))
-            buf = tree.map(lambda a, b: first * a + (1 - first) * b, g, later)
-            g = tree.axpy(mu, buf, g) if hp["nesterov"] else buf
-        return tree.scale(-hp["lr"], g), TorchOptimState(step, buf, None, None)
+        lr, mu, d = hp["lr"], hp["momentum"], hp["dampening"]
+        if not mu:
+            return heavy_ball(g, None, lr, 0.0)[0], TorchOptimState(step, None, None, None)
+        updates, buf = heavy_ball(tree.scale(1 - d, g) if d else g, state.momentum, lr, mu)
+        if d:  # torch's first step: buf = g, undamped (a select: 0·∞ would make NaN)
+            import torch
+
+            first = step == 1
+            buf = tree.map(lambda a, b: torch.where(first, a, b), g, buf)
+            updates = heavy_ball(buf, None, lr, 0.0)[0]
+        if hp["nesterov"]:
+            updates = heavy_ball(g, buf, lr, mu)[0]
+        return updates, TorchOptimState(step, buf, None, None)
 
     def _adam(
         self, g: Tree, state: TorchOptimState, step: Any, decay_params: Tree

@@ -12,13 +12,14 @@ arrays' operators, so torch tensors and JAX arrays both work.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from bilevel import tree
 from bilevel.validate import nonnegative, positive
 
-__all__ = ["SGD", "Adam", "AdamState", "SGDState", "update"]
+__all__ = ["SGD", "Adam", "AdamState", "SGDState", "heavy_ball", "update"]
 
 Tree = Any
 
@@ -80,9 +81,55 @@ def _zeros(params: Tree) -> Tree:
     return tree.map(lambda x: x * 0, params)
 
 
+Times = Callable[[str, Any, Tree], Tree]
+"""``(name, rate, x) -> rate ⊙ x``: how :func:`heavy_ball` multiplies a tree by a
+hyperparameter value (``name`` is the hyperparameter's, for error messages)."""
+
+
+def _scalar_times(name: str, rate: Any, x: Tree) -> Tree:
+    return tree.scale(rate, x)
+
+
+def heavy_ball(
+    grads: Tree, velocity: Tree | None, lr: Any, momentum: Any, times: Times = _scalar_times
+) -> tuple[Tree, Tree | None]:
+    r"""One heavy-ball (Polyak momentum) step: bilevel's one implementation of it.
+
+    .. math:: v_{t+1} = μ ⊙ v_t + g_t, \qquad u_t = −η ⊙ v_{t+1}
+              \qquad (\text{no velocity: } u_t = −η ⊙ g_t)
+
+    :class:`SGD`, ``solvers.GradientDescent`` (whose ``g`` includes the weight decay and whose
+    η, μ may be trees or functions of the meta-parameters) and the ``torch.optim.SGD`` bridge
+    (``solvers.interop.from_torch_optim``) all step through it. It is PyTorch's convention
+    (``torch.optim.SGD`` with dampening 0), which is also torchopt's and optax's ``sgd``.
+
+    Args:
+        grads: the direction ``g_t`` (the gradient, or what a chain made of it).
+        velocity: ``v_t``, or ``None`` for plain gradient descent (μ is then not used).
+        lr: η, a number or a value ``times`` accepts.
+        momentum: μ, likewise.
+        times: ``(name, rate, x) -> rate ⊙ x``; by default ``rate * x`` leafwise for a scalar.
+
+    Returns:
+        ``(u_t, v_{t+1})``: the update to add to the parameters and the new velocity
+        (``None`` without one).
+
+    Example:
+        >>> import torch
+        >>> from bilevel.solvers.optim import heavy_ball
+        >>> u, v = heavy_ball(torch.tensor([2.0]), torch.tensor([1.0]), lr=0.5, momentum=0.9)
+        >>> [round(x, 6) for x in (u.item(), v.item())]  # v = 0.9·1 + 2, u = −0.5·v
+        [-1.45, 2.9]
+    """
+    if velocity is not None:
+        grads = velocity = tree.add(times("momentum", momentum, velocity), grads)
+    negative = -lr if isinstance(lr, int | float) else tree.scale(-1, lr)
+    return times("lr", negative, grads), velocity
+
+
 @dataclass(frozen=True)
 class SGD:
-    r"""Stochastic gradient descent with optional heavy-ball momentum.
+    r"""Stochastic gradient descent with optional heavy-ball momentum (:func:`heavy_ball`).
 
     .. math:: m_{t+1} = μ m_t + g_t, \qquad u_t = −η\, m_{t+1} \quad (μ = 0: u_t = −η g_t)
 
@@ -118,10 +165,8 @@ class SGD:
         return SGDState(_zeros(params) if self.momentum else None)
 
     def update(self, grads: Tree, state: SGDState, params: Tree = None) -> tuple[Tree, SGDState]:
-        if not self.momentum:
-            return tree.scale(-self.lr, grads), state
-        m = tree.axpy(self.momentum, state.momentum, grads)
-        return tree.scale(-self.lr, m), SGDState(m)
+        updates, m = heavy_ball(grads, state.momentum, self.lr, self.momentum)
+        return updates, SGDState(m)
 
 
 @dataclass(frozen=True)
