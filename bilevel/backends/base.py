@@ -32,6 +32,10 @@ class Backend(Protocol):
         """Whether ``leaf`` has a floating (or complex) dtype and can carry a gradient."""
         ...
 
+    def is_complex(self, leaf: Array, /) -> bool:
+        """Whether ``leaf`` has a complex dtype."""
+        ...
+
     def value_and_grad(
         self, fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0, has_aux: bool = False
     ) -> Callable[..., tuple[Any, Any]]:

@@ -121,6 +121,9 @@ class JaxBackend:
     def is_differentiable(self, leaf: Any) -> bool:
         return bool(jnp.issubdtype(leaf.dtype, jnp.inexact))
 
+    def is_complex(self, leaf: Any) -> bool:
+        return bool(jnp.issubdtype(leaf.dtype, jnp.complexfloating))
+
     def value_and_grad(
         self, fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0, has_aux: bool = False
     ) -> Callable[..., tuple[Any, Any]]:

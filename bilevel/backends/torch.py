@@ -7,9 +7,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
-import torch
-from torch import func as tf
-from torch._C._functorch import is_functorch_wrapped_tensor
+
+try:
+    import torch
+    from torch import func as tf
+    from torch._C._functorch import is_functorch_wrapped_tensor
+except ImportError as err:  # pragma: no cover - exercised only without torch installed
+    raise ImportError(
+        "the PyTorch backend of bilevel needs torch: pip install 'bilevel[torch]' "
+        "(or pip install torch)"
+    ) from err
 
 from bilevel import tree
 
@@ -46,6 +53,9 @@ class TorchBackend:
 
     def is_differentiable(self, leaf: Any) -> bool:
         return bool(leaf.dtype.is_floating_point or leaf.dtype.is_complex)
+
+    def is_complex(self, leaf: Any) -> bool:
+        return bool(leaf.dtype.is_complex)
 
     def value_and_grad(
         self, fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0, has_aux: bool = False

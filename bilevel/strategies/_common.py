@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bilevel import tree
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
 from bilevel.protocols import (
@@ -22,6 +23,7 @@ __all__ = [
     "Diag",
     "check_scalar",
     "first_nonfinite_step",
+    "initial_params",
     "initial_state",
     "objective",
     "outer_value",
@@ -102,12 +104,38 @@ def run_steps(
     return state
 
 
+def initial_params(problem: Problem, meta: Tree, task: Tree, backend: Backend) -> Tree:
+    """``φ₀ = init(meta, task)``, checked to be a tree of floating arrays of the backend.
+
+    Raises:
+        TypeError: for a leaf that is a Python number or another non-array (it would be a
+            constant no strategy can differentiate), or an array of a non-floating dtype (an
+            integer φ cannot take a gradient step).
+    """
+    params = problem.init(meta, task)
+    flat, treedef = tree.flatten(params)
+    for i, leaf in enumerate(flat):
+        if not backend.owns(leaf):
+            raise TypeError(
+                f"Problem.init returned a {type(leaf).__name__} at leaf {i} of {treedef}; the "
+                "inner parameters must be arrays with a floating dtype: return e.g. "
+                "meta['w'] * 1.0, torch.tensor(x, dtype=torch.float64) or jnp.asarray(x, float)"
+            )
+        if not backend.is_differentiable(leaf) or backend.is_complex(leaf):
+            raise TypeError(
+                f"Problem.init returned leaf {i} of {treedef} with dtype {leaf.dtype}; the inner "
+                "parameters need a real floating dtype to take gradient steps: convert it with "
+                ".double()/.float() (torch) or .astype(float) (JAX)"
+            )
+    return params
+
+
 def initial_state(
     problem: Problem, solver: IterativeSolver, meta: Tree, task: Tree, backend: Backend
 ) -> tuple[Tree, InnerObjective]:
     """``(solver.init(init(meta, task)), objective)``."""
     obj = objective(problem, meta, task, backend)
-    return solver.init(problem.init(meta, task), obj), obj
+    return solver.init(initial_params(problem, meta, task, backend), obj), obj
 
 
 def first_nonfinite_step(
@@ -140,6 +168,6 @@ def solve_forward(
         return backend.stop_gradient(solver.params(state)), {}
     if isinstance(solver, BlackBoxSolver):
         obj = objective(problem, meta, task, backend)
-        phi, info = solver.solve(problem.init(meta, task), obj)
+        phi, info = solver.solve(initial_params(problem, meta, task, backend), obj)
         return backend.stop_gradient(phi), {"solver": info}
     raise not_a_solver(solver)

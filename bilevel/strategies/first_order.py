@@ -8,7 +8,7 @@ from typing import Any
 from bilevel import tree
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
-from bilevel.strategies._common import outer_value, solve_forward, vectorizable
+from bilevel.strategies._common import initial_params, outer_value, solve_forward, vectorizable
 from bilevel.strategies.base import AuxMap, ReverseModeOfMap
 
 __all__ = ["FirstOrder"]
@@ -47,7 +47,9 @@ class FirstOrder(ReverseModeOfMap):
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
     ) -> tuple[AuxMap, dict[str, Any]]:
         params_k, found = solve_forward(problem, solver, meta, task, backend)
-        init0 = backend.stop_gradient(problem.init(backend.stop_gradient(meta), task))
+        init0 = backend.stop_gradient(
+            initial_params(problem, backend.stop_gradient(meta), task, backend)
+        )
 
         def fn(theta: Tree) -> tuple[Any, tuple[Tree, dict[str, Any]]]:
             shift = tree.sub(problem.init(theta, task), init0)

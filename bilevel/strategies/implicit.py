@@ -11,8 +11,15 @@ from typing import Any
 from bilevel import tree
 from bilevel.backends.base import Backend, Tree
 from bilevel.problem import Problem
-from bilevel.protocols import BatchLinearSolver, LinearOperator, LinearSolver, SemiGradient
+from bilevel.protocols import (
+    BatchLinearSolver,
+    LinearOperator,
+    LinearSolver,
+    PerStep,
+    SemiGradient,
+)
 from bilevel.strategies._common import (
+    initial_params,
     objective,
     outer_value,
     require_iterative,
@@ -70,32 +77,64 @@ def _stationarity(
     meta: Tree,
     params: Tree,
     residual: Tree,
-    curvature: Tree | None,
+    curvature: Tree,
     backend: Backend,
     tol: float,
 ) -> dict[str, Any]:
-    """``‖G(φ*)‖`` and the limit it is judged against: ``tol·‖G(φ₀)‖``, a fraction of the
-    residual at the start of the inner solve ``φ₀ = init(θ, τ)``, or the rounding level of
-    ``G`` where that is larger.
+    """``‖G(φ*)‖`` and the limit it is judged against.
 
-    Relative to the start, the test does not depend on the loss's scale (multiplying the inner
-    loss by c multiplies both norms by c): an absolute limit passed a 10-step solve far from φ*
-    at loss scale 1e-6 and could not be met in float32 at loss scale 1e4. The rounding level
-    ``√n·ε·‖A φ*‖`` (``A = ∂_φG``, so ``‖Aφ*‖ ≈ ‖H‖‖φ*‖`` bounds the terms that cancel in
-    ``∇f``; for a fixed point ``G = φ − step(φ)`` it is ``√n·ε·‖φ*‖``) keeps an inner solve that
-    starts at φ* already (both norms are rounding noise) from being reported as unsolved.
+    The limit is ``tol·s`` with the problem's own gradient scale
+    ``s = max(‖G(φ₀)‖, ‖Aᵀφ*‖)``: the residual at the start of the inner solve
+    ``φ₀ = init(θ, τ)``, or the change of ``G`` over a displacement the size of φ*
+    (``A = ∂_φG``, the inner Hessian), whichever is larger; and never below the rounding level
+    of ``G`` (``√n·ε·‖Aᵀφ*‖``; ``√n·ε·‖φ*‖`` for a fixed point ``G = φ − step(φ)``).
+
+    Both scales move with the loss (multiplying it by c multiplies ``G``, ``A`` and ``s`` by c),
+    so the verdict does not depend on the loss's scale: an absolute limit passed a 10-step solve
+    far from φ* at loss scale 1e-6 and could not be met in float32 at loss scale 1e4. Either
+    scale alone fails somewhere: ``‖G(φ₀)‖`` is tiny for a warm start that begins near φ*
+    (hyper-cleaning restarts each solve at the last φ*), ``‖Aᵀφ*‖`` for a solution near 0. With
+    ``‖Aᵀφ*‖`` as the scale, ``‖G‖ ≤ tol·‖Aᵀφ*‖`` says the Newton step ``A⁻¹G`` is about
+    ``tol`` of φ*'s size.
     """
-    start = gmap(problem.init(meta, task), meta)
+    start = gmap(initial_params(problem, meta, task, backend), meta)
     leaves = tree.leaves(params)
     n = sum(int(math.prod(x.shape)) for x in leaves)
     eps = backend.epsilon(leaves[0]) if leaves else 0.0
-    reference = params if curvature is None else curvature
-    rounding = math.sqrt(max(n, 1)) * eps * tree.vdot(reference, reference) ** 0.5
-    stat, scale = tree.vdot(residual, residual) ** 0.5, tree.vdot(start, start) ** 0.5
+    norm_curvature = tree.vdot(curvature, curvature) ** 0.5
+    rounding_of = (
+        norm_curvature if problem.inner_loss is not None else tree.vdot(params, params) ** 0.5
+    )
+    rounding = math.sqrt(max(n, 1)) * eps * rounding_of
+    stat, at_start = tree.vdot(residual, residual) ** 0.5, tree.vdot(start, start) ** 0.5
+    scale = backend.where(at_start > norm_curvature, at_start, norm_curvature)
     return {
         "stationarity": stat,
         "stationarity_limit": backend.where(tol * scale > rounding, tol * scale, rounding),
     }
+
+
+def _refuse_per_step(problem: Problem) -> None:
+    inner = problem.inner_loss
+    if isinstance(inner.loss if isinstance(inner, SemiGradient) else inner, PerStep):
+        raise TypeError(
+            "Implicit(...): the Problem's inner_loss is a PerStep (it takes the inner step "
+            "index), but Implicit differentiates the stationarity of one loss at φ*, which has "
+            "no step; use Unrolled(), Truncated(T) or ForwardMode(), or an inner loss without "
+            "the step"
+        )
+
+
+def _refuse_traced(meta: Tree, backend: Backend) -> None:
+    """Implicit's linear solvers decide on the host when to stop: refuse a traced call (inside
+    ``jax.jit`` or a user's ``vmap``) with bilevel's words instead of the framework's."""
+    if backend.host_bool(backend.all_finite(meta)) is None:
+        raise TypeError(
+            "Implicit(...) cannot run inside jax.jit or a vmap of yours yet: its linear solver "
+            "decides on the host when to stop. Call hypergrad outside the transform (a Batch "
+            "vectorises the tasks for you), or use Unrolled(), Truncated(T), FirstOrder() or "
+            "ForwardMode(), which run inside jax.jit"
+        )
 
 
 def _is_linear_solver(obj: object) -> bool:
@@ -121,16 +160,18 @@ class Implicit:
     vector-Jacobian products; memory does not grow with the number of inner steps. The result
     is exact only if φ* is stationary: ``‖G(φ*)‖`` is reported as ``info.stationarity`` and a
     :class:`~bilevel.StationarityWarning` is issued above ``info.stationarity_limit =
-    stationarity_tol · ‖G(φ₀)‖``, a fraction of the residual at the start of the inner solve
-    ``φ₀ = init(θ, τ)`` (or the rounding level of ``G``, where larger). The test is relative so
-    that it does not depend on the loss's scale: multiplying the inner loss by c multiplies both
-    norms by c.
+    stationarity_tol · max(‖G(φ₀)‖, ‖Aᵀφ*‖)``: a fraction of the residual at the start of the
+    inner solve ``φ₀ = init(θ, τ)`` or of the change of G over a displacement the size of φ*
+    (``A = ∂_φG``), whichever is larger (and at least G's rounding level). The test is relative
+    so that it does not depend on the loss's scale: multiplying the inner loss by c multiplies
+    every norm by c.
 
     Args:
         linear: a linear solver (``solvers.CG``, ``solvers.Neumann``, ``solvers.MINRES``,
             ``solvers.GMRES``, ``solvers.Direct``).
-        stationarity_tol: the fraction of the initial residual ``‖G(φ₀)‖`` that ``‖G(φ*)‖``
-            may keep before the inner problem is reported as not solved (a warning).
+        stationarity_tol: the fraction of the problem's gradient scale
+            ``max(‖G(φ₀)‖, ‖Aᵀφ*‖)`` that ``‖G(φ*)‖`` may keep before the inner problem is
+            reported as not solved (a warning).
 
     Raises:
         TypeError: if ``linear`` is not a linear solver.
@@ -167,8 +208,6 @@ class Implicit:
         Raises:
             TypeError: for ``solvers.UpdateRule(PerStep(rule))``.
         """
-        from bilevel.protocols import PerStep  # only this method of the file is PerStep-aware
-
         if isinstance(getattr(solver, "rule", None), PerStep):
             raise TypeError(
                 f"Implicit(...): {solver!r} has a PerStep rule (it takes the inner step index), "
@@ -182,13 +221,19 @@ class Implicit:
     def compute(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
     ) -> Outcome:
+        _refuse_traced(meta, backend)
         params, found = self.forward(problem, solver, meta, task, backend)
         return self.backward(problem, solver, meta, task, params, found, backend)
 
     def forward(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
     ) -> tuple[Tree, dict[str, Any]]:
-        """The inner solution φ* (no gradient path); vectorisable when the solver is."""
+        """The inner solution φ* (no gradient path); vectorisable when the solver is.
+
+        Raises:
+            TypeError: for a :class:`~bilevel.PerStep` inner loss (refused before the solve).
+        """
+        _refuse_per_step(problem)
         return solve_forward(problem, solver, meta, task, backend)
 
     def backward(
@@ -211,7 +256,7 @@ class Implicit:
         gmap, symmetric = residual_map(problem, solver, task, params, backend)
         residual, vjp_params = backend.vjp(lambda p: gmap(p, meta0), params)
         operator = LinearOperator(lambda u: vjp_params(u)[0], symmetric)
-        curvature = operator.matvec(params) if problem.inner_loss is not None else None
+        curvature = operator.matvec(params)
         stationarity = _stationarity(
             problem, gmap, task, meta0, params, residual, curvature, backend, self.stationarity_tol
         )
@@ -241,6 +286,7 @@ class Implicit:
         ``params`` and ``found``). With a :class:`~bilevel.protocols.BatchLinearSolver` the
         products and the linear solve are vectorised over the tasks (the same result as one
         call per task); otherwise the tasks are looped."""
+        _refuse_traced(meta, backend)
         n = int(tree.leaves(params)[0].shape[0])
         if not isinstance(self.linear, BatchLinearSolver):
             return [
@@ -264,7 +310,7 @@ class Implicit:
             value, (g_p, g_m) = backend.value_and_grad(outer, argnums=(0, 1))(p, meta)
             gmap = residual_map(problem, solver, t, p, backend)[0]
             residual, pullback = backend.vjp(lambda q: gmap(q, meta0), p)
-            curvature = pullback(p)[0] if problem.inner_loss is not None else None
+            curvature = pullback(p)[0]
             return (
                 value,
                 g_p,
