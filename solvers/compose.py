@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, cast
 
 from bilevel import tree
 from bilevel.solvers.optim import sqrt_zero_safe, update
+from bilevel.solvers.optim import vectorizable as declared_vectorizable
 from bilevel.validate import callable_with, count, instance, nonnegative, positive
 
 __all__ = ["L1", "Chain", "ClipByGlobalNorm", "CosineDecay", "ScaleBySchedule", "chain"]
@@ -72,11 +73,8 @@ class Chain:
 
     @property
     def vectorizable(self) -> bool:
-        """Whether every member is pure (declares ``vectorizable`` or is optax's)."""
-        return all(
-            getattr(t, "vectorizable", False) is True or type(t).__module__.startswith("optax")
-            for t in self.transforms
-        )
+        """Whether every member is declared vectorizable (:func:`solvers.optim.vectorizable`)."""
+        return all(declared_vectorizable(t) for t in self.transforms)
 
     def init(self, params: Tree) -> tuple[Any, ...]:
         return tuple(t.init(params) for t in self.transforms)

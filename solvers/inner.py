@@ -21,6 +21,7 @@ import scipy.optimize
 from bilevel import tree
 from bilevel.protocols import InnerObjective, PerStep, SemiGradient, SolverInfo
 from bilevel.solvers.optim import heavy_ball, update
+from bilevel.solvers.optim import vectorizable as declared_vectorizable
 from bilevel.validate import callable_with, count, instance, nonnegative, positive
 
 __all__ = ["GradientDescent", "Hyper", "Optimizer", "Scipy", "UpdateRule"]
@@ -175,6 +176,8 @@ class GradientDescent:
     momentum: Hyper = 0.0
     weight_decay: Hyper = 0.0
 
+    vectorizable = True  # IterativeSolver: pure steps, vmapped over a Batch
+
     def __post_init__(self) -> None:
         who = f"GradientDescent(lr={self.lr!r}, steps={self.steps!r}, momentum={self.momentum!r})"
         _check_hyper(who, "lr", self.lr, "lr=0.01", positive)
@@ -233,12 +236,23 @@ class Optimizer:
     hidden first-call flag inside the transform object, so reusing one such object gives
     different results on later calls.
 
+    Whether a :class:`~bilevel.Batch` is vmapped through the transform
+    (:attr:`~bilevel.protocols.IterativeSolver.vectorizable`) is declared, by the transform or
+    here: left out, it is :func:`solvers.optim.vectorizable`'s answer (the transform's own
+    ``vectorizable`` attribute, which every ``bilevel.solvers`` transformation has; ``True``
+    for an ``optax.GradientTransformation``, pure by optax's contract; else ``False``, e.g.
+    torchopt's, which update their state in place). A third-party transformation known to be
+    pure is declared with ``vectorizable=True``; a looped Batch gives the same result, slower.
+
     Args:
         transform: an object with ``init(params)`` and ``update(grads, state, params=...)``.
         steps: the number of steps K ≥ 0.
+        vectorizable: ``True``/``False`` to declare whether ``transform`` is pure; left out
+            (``None``), the transform's own declaration as above. Read back as a bool.
 
     Raises:
-        TypeError: if ``transform`` is a class or lacks ``init``/``update``.
+        TypeError: if ``transform`` is a class or lacks ``init``/``update``, or
+            ``vectorizable`` is not a bool.
         ValueError: if ``steps`` is negative.
 
     Example:
@@ -254,19 +268,20 @@ class Optimizer:
 
     transform: Any
     steps: int
-
-    @property
-    def vectorizable(self) -> bool:
-        """``True`` for optax's transformations (pure functions) and where the transform says
-        so (:class:`solvers.SGD`, :class:`solvers.Adam`), else ``False``: others may update
-        their state in place (torchopt's do), which ``vmap`` rejects, so a
-        :class:`~bilevel.Batch` is looped over tasks (with the same result)."""
-        pure = type(self.transform).__module__.startswith("optax")  # optax's are pure functions
-        return pure or getattr(self.transform, "vectorizable", False) is True
+    vectorizable: bool = None  # pyright: ignore[reportAssignmentType]  # resolved to a bool
 
     def __post_init__(self) -> None:
         _check_transform(self.transform)
         count(f"Optimizer(steps={self.steps!r})", "steps", self.steps, 0)
+        given = cast(object, self.vectorizable)
+        if given is None:
+            object.__setattr__(self, "vectorizable", declared_vectorizable(self.transform))
+        elif not isinstance(given, bool):
+            raise TypeError(
+                f"Optimizer(vectorizable={given!r}): vectorizable must be True (the transform "
+                "is a pure function of its state), False, or left out (the transform's own "
+                "declaration: solvers.optim.vectorizable)"
+            )
 
     def init(self, params: Tree, objective: InnerObjective) -> Tree:
         return params, self.transform.init(params)
@@ -315,6 +330,8 @@ class UpdateRule:
 
     rule: Callable[[Tree, Tree, Tree], Tree]
     steps: int
+
+    vectorizable = True  # IterativeSolver: pure steps (given a pure rule), vmapped over a Batch
 
     def __post_init__(self) -> None:
         instance("UpdateRule", "rule", self.rule, " or a function (params, meta, task) -> update")

@@ -551,6 +551,9 @@ class Higher:
     module: Any
     optimizer: Any
     steps: int
+
+    # IterativeSolver: vmapped over a Batch (the step count it reads back is shared by the tasks)
+    vectorizable = True
     _shell: Any = field(init=False, repr=False, compare=False)
     _names: list[str] = field(init=False, repr=False, compare=False)
 

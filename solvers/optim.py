@@ -11,7 +11,7 @@ arrays' operators, so torch tensors and JAX arrays both work.
 
 from __future__ import annotations
 
-import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from bilevel import tree
 from bilevel.validate import nonnegative, positive
 
-__all__ = ["SGD", "Adam", "AdamState", "SGDState", "heavy_ball", "update"]
+__all__ = ["SGD", "Adam", "AdamState", "SGDState", "heavy_ball", "update", "vectorizable"]
 
 Tree = Any
 
@@ -38,10 +38,48 @@ class AdamState(NamedTuple):
     nu: Tree
 
 
+def _library_transformation(transform: object, library: str, path: tuple[str, ...]) -> bool:
+    """Whether ``transform`` is an instance of ``library``'s transformation class (found at
+    ``path`` in the module). Looked up in ``sys.modules`` only: if the library was never
+    imported, nothing can be one of its transformations, and bilevel does not import it."""
+    found: Any = sys.modules.get(library)
+    for name in path:
+        found = getattr(found, name, None)
+    return isinstance(found, type) and isinstance(transform, found)
+
+
+def _is_torchopt(transform: object) -> bool:
+    return _library_transformation(transform, "torchopt", ("base", "GradientTransformation"))
+
+
+def vectorizable(transform: object) -> bool:
+    """Whether the optax-style ``transform`` may run under ``vmap``, as it is declared:
+
+    - its own ``vectorizable`` attribute, where it has one (every transformation of
+      ``bilevel.solvers`` declares ``vectorizable = True``: pure, state in, state out);
+    - an ``optax.GradientTransformation``: ``True``, optax's documented contract (``init``
+      and ``update`` are pure functions);
+    - anything else: ``False``, the safe answer (torchopt's transformations update their state
+      in place, which ``vmap`` rejects; a :class:`~bilevel.Batch` is then looped, with the
+      same result). Declare a pure third-party transformation with
+      ``solvers.Optimizer(transform, steps, vectorizable=True)``.
+
+    Example:
+        >>> from bilevel.solvers import SGD, chain
+        >>> from bilevel.solvers.optim import vectorizable
+        >>> vectorizable(SGD(0.1)), vectorizable(chain(SGD(0.1))), vectorizable(object())
+        (True, True, False)
+    """
+    declared = getattr(transform, "vectorizable", None)
+    if declared is not None:
+        return declared is True
+    return _library_transformation(transform, "optax", ("GradientTransformation",))
+
+
 def update(transform: Any, grads: Tree, state: Any, params: Tree) -> tuple[Tree, Any]:
-    """``transform.update(grads, state, params)``, out of place: a transformation whose
-    ``update`` takes ``inplace`` (torchopt's) is called with ``inplace=False``, so neither its
-    state nor a meta-gradient through it is cut.
+    """``transform.update(grads, state, params)``, out of place: a torchopt transformation
+    (whose ``update`` writes into its state unless told ``inplace=False``) is called with
+    ``inplace=False``, so neither its state nor a meta-gradient through it is cut.
 
     Raises:
         TypeError: for a torchopt transformation built with ``use_accelerated_op=True``, whose
@@ -49,11 +87,7 @@ def update(transform: Any, grads: Tree, state: Any, params: Tree) -> tuple[Tree,
             the setup_context staticmethod"), with the fix.
     """
     try:
-        takes_inplace = "inplace" in inspect.signature(transform.update).parameters
-    except (TypeError, ValueError):
-        takes_inplace = False
-    try:
-        if takes_inplace:
+        if _is_torchopt(transform):
             return transform.update(grads, state, params=params, inplace=False)
         return transform.update(grads, state, params)
     except RuntimeError as e:
