@@ -67,10 +67,15 @@ def relative_tolerance(who: str, name: str, value: object, example: str) -> None
         )
 
 
-def instance(who: str, name: str, value: object, hint: str) -> None:
-    """Raise ``TypeError`` if ``value`` is a class where an instance belongs; ``hint`` names
-    the other accepted kinds (e.g. ``" or a function (params, meta, task) -> update"``)."""
-    if isinstance(value, type):
+def instance(who: str, name: str, value: object, hint: str, *methods: str) -> None:
+    """Raise ``TypeError`` if ``value`` is a class whose instances would have been accepted (its
+    instances have every one of ``methods``, e.g. ``"__call__"``): the instance was meant.
+    ``hint`` names the other accepted kinds (``" or a function (params, meta, task) -> …"``)."""
+
+    def defines(cls: type, method: str) -> bool:  # by the class itself, not by object or type
+        return any(method in vars(k) for k in cls.__mro__ if k is not object)
+
+    if isinstance(value, type) and all(defines(value, m) for m in methods):
         raise TypeError(
             f"{who}: {name} is the class {value.__name__}; pass an instance{hint}, e.g. "
             f"{value.__name__}(...)"

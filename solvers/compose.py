@@ -221,7 +221,7 @@ class ScaleBySchedule:
     vectorizable = True
 
     def __post_init__(self) -> None:
-        instance("ScaleBySchedule", "schedule", self.schedule, "")
+        instance("ScaleBySchedule", "schedule", self.schedule, "", "__call__")
         callable_with("ScaleBySchedule", "schedule", self.schedule, 1, "(step: int) -> float")
 
     def init(self, params: Tree) -> ScheduleState:

@@ -212,7 +212,7 @@ class GradientDescent:
 
 
 def _check_transform(transform: object) -> None:
-    instance("Optimizer", "transform", transform, "")
+    instance("Optimizer", "transform", transform, "", "init", "update")
     if not (
         callable(getattr(transform, "init", None)) and callable(getattr(transform, "update", None))
     ):
@@ -334,7 +334,7 @@ class UpdateRule:
     vectorizable = True  # IterativeSolver: pure steps (given a pure rule), vmapped over a Batch
 
     def __post_init__(self) -> None:
-        instance("UpdateRule", "rule", self.rule, " or a function (params, meta, task) -> update")
+        instance("UpdateRule", "rule", self.rule, " or a function (params, meta, task)", "__call__")
         if not callable(self.rule):
             raise TypeError(
                 f"UpdateRule: rule must be a function (params, meta, task) -> update, got "

@@ -8,6 +8,7 @@ where an instance belongs failed steps later with an unrelated message.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,14 @@ import torch
 from bilevel import solvers
 from bilevel.backends import TorchBackend
 from bilevel.protocols import LinearOperator
+
+
+class Hebbian:
+    """A rule object: its instances are the functions (params, meta, task) -> update."""
+
+    def __call__(self, params: Any, meta: Any, task: Any) -> Any:
+        return meta * params
+
 
 CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     (
@@ -78,10 +87,10 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ),
     (
         "UpdateRule(class)",
-        lambda: solvers.UpdateRule(dict, steps=3),
+        lambda: solvers.UpdateRule(Hebbian, steps=3),
         TypeError,
-        r"UpdateRule: rule is the class dict; pass an instance or a function "
-        r"\(params, meta, task\) -> update",
+        r"UpdateRule: rule is the class Hebbian; pass an instance or a function "
+        r"\(params, meta, task\), e\.g\. Hebbian\(\.\.\.\)",
     ),
 ]
 
@@ -118,12 +127,25 @@ def _stay(params: Any, meta: Any, task: Any) -> Any:
         lambda: solvers.Optimizer(solvers.Adam(0.1), steps=3),
         lambda: solvers.ScaleBySchedule(solvers.CosineDecay(3)),
         lambda: solvers.UpdateRule(_stay, steps=3),
+        lambda: solvers.UpdateRule(Hebbian(), steps=3),
+        lambda: solvers.ScaleBySchedule(float),  # a class whose call is a fine schedule
     ],
-    ids=["GMRES(restart=1)", "CG(tol=0.5)", "Direct(tol=0.999)", "Optimizer", "Schedule", "Rule"],
+    ids=[
+        "GMRES(restart=1)",
+        "CG(tol=0.5)",
+        "Direct(tol=0.999)",
+        "Optimizer",
+        "Schedule",
+        "Rule",
+        "Rule object",
+        "float schedule",
+    ],
 )
 def test_the_limits_themselves_are_accepted(build: Callable[[], Any]) -> None:
     # positive controls for the refusals above: the smallest/largest legal values construct
-    assert build() == build()
+    # (and the object is a frozen dataclass holding them: a copy of it equals it)
+    solver = build()
+    assert dataclasses.replace(solver) == solver
 
 
 def test_messages_name_the_call_the_value_and_the_fix() -> None:
