@@ -303,13 +303,25 @@ class SolverInfo:
 class IterativeSolver(Protocol):
     """A differentiable inner loop: ``state₀ = init(φ₀)``, ``state_{t+1} = step(state_t)``.
 
-    ``params(state)`` reads the inner parameters out of a state. Steps are pure functions: no
-    in-place update, no host synchronisation, so they can be differentiated and vectorised.
+    ``params(state)`` reads the inner parameters out of a state. Steps are differentiable
+    functions of the state (nothing in place on the differentiable path). Whether they may also
+    run under ``vmap`` is declared, not guessed: every solver states ``vectorizable`` (a class
+    attribute ``vectorizable = True`` for pure steps), and a solver without it is not an
+    ``IterativeSolver``.
     """
 
     @property
     def steps(self) -> int:
         """The number of steps K."""
+        ...
+
+    @property
+    def vectorizable(self) -> bool:
+        """Whether ``init``, ``step`` and ``params`` may run under ``vmap`` over the tasks of a
+        :class:`~bilevel.Batch` (and, on JAX, be traced): ``True`` when they are pure functions
+        of their array arguments with no host synchronisation; ``False`` when a step updates
+        its state in place (torchopt's transformations do) or reads values back to the host.
+        A ``False`` solver runs a Batch task by task, with the same result."""
         ...
 
     def init(self, params: Tree, objective: InnerObjective) -> Tree:

@@ -64,6 +64,15 @@ def not_a_solver(solver: object) -> TypeError:
             f"hypergrad: solver={solver.__name__} is a class; pass an instance, e.g. "
             "solvers.GradientDescent(lr=0.01, steps=5)"
         )
+    methods = ("init", "step", "params", "steps")
+    if all(hasattr(solver, m) for m in methods) and not hasattr(solver, "vectorizable"):
+        return TypeError(
+            f"hypergrad: {solver!r} has init/step/params/steps but does not declare "
+            "vectorizable, which an IterativeSolver must: add the class attribute "
+            "vectorizable = True if its steps are pure functions of arrays (a Batch is then "
+            "vmapped), or vectorizable = False if a step updates state in place or reads "
+            "values back to the host (a Batch is then looped)"
+        )
     return TypeError(
         f"hypergrad: solver must be an inner solver (with init/step/params/steps, or solve), "
         f"got {type(solver).__name__} ({solver!r}); use e.g. solvers.GradientDescent(lr, steps)"
@@ -84,12 +93,11 @@ def require_iterative(solver: object, who: str) -> IterativeSolver:
 
 
 def vectorizable(solver: object) -> bool:
-    """Whether ``solver`` may run under ``vmap``: an iterative solver that does not say otherwise.
-
-    A solver opts out with a ``vectorizable`` attribute that is ``False`` (e.g. one whose state
-    is updated in place, which ``vmap`` rejects); tasks are then looped, with the same result.
-    """
-    return isinstance(solver, IterativeSolver) and bool(getattr(solver, "vectorizable", True))
+    """Whether ``solver`` may run under ``vmap``: an iterative solver that declares it
+    (:attr:`IterativeSolver.vectorizable`). A black-box solver never may; a solver declaring
+    ``False`` (e.g. one whose state is updated in place) runs a Batch task by task, with the
+    same result."""
+    return isinstance(solver, IterativeSolver) and solver.vectorizable is True
 
 
 def run_steps(

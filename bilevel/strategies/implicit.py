@@ -39,11 +39,15 @@ def residual_map(
     """The map ``G(φ, θ)`` whose zero defines φ*, and whether ``∂_φG`` is symmetric.
 
     ``G = ∇_φ f`` (a symmetric Hessian) when the problem has an inner loss (its semi-gradient,
-    non-symmetric, for a :class:`~bilevel.SemiGradient` loss), else the fixed-point
-    residual ``G = φ − step(φ, θ)`` of a solver whose state is its parameters.
+    non-symmetric, for a :class:`~bilevel.SemiGradient` loss), else the fixed-point residual
+    of the solver's step taken from a fresh state, ``G = φ − params(step(init(φ, θ), θ))``.
+    For a solver whose state is φ alone that is ``φ − step(φ, θ)``; for one with more state
+    (heavy-ball momentum, whose velocity starts at 0) it is the step of a solver restarted at
+    φ, which is zero exactly where the full iteration rests (there the extra state is back at
+    its start: a velocity of 0).
 
     Raises:
-        TypeError: for a problem with no inner loss and a solver with extra state or no steps.
+        TypeError: for a problem with no inner loss and a solver with no steps (a black box).
     """
     inner = problem.inner_loss
     if inner is not None:
@@ -55,17 +59,10 @@ def residual_map(
         return grad_map, not isinstance(inner, SemiGradient)
 
     it = require_iterative(solver, "Implicit(...) on a Problem without inner_loss (fixed point)")
-    state = it.init(params, objective(problem, params, task, backend))
-    if tree.structure(state) != tree.structure(params):
-        raise TypeError(
-            f"Implicit(...): the Problem has no inner_loss, so φ* is taken as a fixed point of the "
-            f"solver's step, but {it!r} keeps state besides the parameters; give the Problem an "
-            "inner_loss (stationarity is then used), or use a stateless solver such as "
-            "solvers.UpdateRule or solvers.GradientDescent(momentum=0)"
-        )
 
     def fixed_point_residual(p: Tree, m: Tree) -> Tree:
-        return tree.sub(p, it.params(it.step(p, objective(problem, m, task, backend))))
+        obj = objective(problem, m, task, backend)
+        return tree.sub(p, it.params(it.step(it.init(p, obj), obj)))
 
     return fixed_point_residual, False
 
