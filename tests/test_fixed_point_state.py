@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _frameworks import Framework
 
 from bilevel import Implicit, Problem, Unrolled, hypergrad, solvers, tree
 
@@ -104,3 +105,39 @@ def test_implicit_fixed_point_of_heavy_ball_agrees_with_unrolling_to_rest() -> N
     # 300 steps of a contraction with rate ≈ 0.6 per step: the unrolled derivative has converged
     # to the implicit one far below float64 resolution; 1e-12 covers the rounding of 300 steps
     torch.testing.assert_close(implicit.grad, unrolled.grad, rtol=1e-12, atol=1e-13)
+
+
+B = np.array([[1.0, 0.5, 0.0], [0.0, -1.0, 2.0], [0.3, 0.0, 1.0]])
+
+
+class LinearHeavyBall:
+    """Heavy ball on ``M φ = B θ``, in array operators only, so it runs on either backend."""
+
+    steps = 300
+    vectorizable = True
+
+    def __init__(self, fw: Framework) -> None:
+        self.m, self.b = fw.array(M), fw.array(B)
+
+    def init(self, params: Any, objective: Any) -> Any:
+        return params, objective.backend.zeros_like(params)
+
+    def step(self, state: Any, objective: Any) -> Any:
+        params, velocity = state
+        velocity = 0.3 * velocity + 0.4 * (self.b @ objective.meta - self.m @ params)
+        return params + velocity, velocity
+
+    def params(self, state: Any) -> Any:
+        return state[0]
+
+
+def test_implicit_fixed_point_with_state_on_both_backends(fw: Framework) -> None:
+    c = fw.array(C)
+    problem = Problem(init=lambda m, t: m * 0, outer_loss=lambda w, m, t: ((w - c) ** 2).sum())
+    res = hypergrad(
+        problem, LinearHeavyBall(fw), fw.array(THETA), None, strategy=Implicit(solvers.GMRES())
+    )
+    phi = np.linalg.solve(M, B @ THETA)
+    closed = B.T @ np.linalg.solve(M.T, 2 * (phi - C))
+    # GMRES to its default 1e-10 on a 3×3 system with κ(M) ≈ 2.6
+    np.testing.assert_allclose(np.asarray(res.grad), closed, rtol=1e-9, atol=1e-12)
