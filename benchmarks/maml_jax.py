@@ -5,7 +5,8 @@ The problem of ``benchmarks/maml.py`` (sinusoid regression, 1-40-40-1 ReLU MLP, 
 support and 10 query points, inner SGD lr 0.01 for K steps, float32), same weights and tasks,
 computed six ways in one process:
 
-    (a) bilevel on JAX, eager    hypergrad(Problem, GradientDescent, Unrolled(), Batch(tasks))
+    (a) bilevel on JAX, eager    hypergrad(Problem, GradientDescent, Unrolled(), Batch(tasks)),
+                                 nothing compiled (bilevel never compiles by itself)
     (b) bilevel on JAX, jax.jit  the same call inside jax.jit (host checks skipped while traced)
     (c) hand-written JAX, jit    jit(grad(mean over vmap of K jax.grad steps))
     (d) hand-written JAX, eager  the same function without jit

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bilevel import tree
-from bilevel._compile import compiled_once
 from bilevel.backends import backend_for
 from bilevel.backends.base import Backend, Tree
 from bilevel.diagnostics import info_of, issues_of, raise_nonfinite, warn, worst
@@ -210,10 +208,11 @@ def hypergrad(
     as ``nn.Parameter`` are read as values), so a result never keeps the unrolled graph alive;
     ``hypergrad`` still composes with the backend's functional transforms (``torch.func``).
 
-    On a backend that compiles (JAX), the third and later calls with the same problem, solver,
-    strategy and input shapes run the whole computation as one compiled program, for every
-    strategy without host-side steps (all but ``Implicit``), with the same results up to
-    rounding; the first two run eagerly.
+    ``hypergrad`` never compiles by itself. On JAX, ``jax.jit`` around a function of yours that
+    calls it compiles the whole computation for every strategy but ``Implicit`` (whose linear
+    solvers stop on a host-side test: a TypeError inside ``jax.jit``); the host-side checks
+    (non-finite values, warnings) are skipped while traced. :func:`bilevel.trainer.fit` compiles
+    its whole step this way.
 
     Args:
         problem: the :class:`Problem`.
@@ -279,10 +278,6 @@ def _hypergrad(
     strategy: Strategy,
     backend: Backend,
 ) -> Result:
-    # None where this call cannot be compiled: host-side steps (TwoPhase) or non-array inputs
-    compilable = not isinstance(strategy, TwoPhase) and _all_arrays(backend, meta, data)
-    key = (strategy, solver) if compilable else None
-
     def single(p: Problem, m: Tree, t: Tree) -> tuple[Any, ...]:
         return tuple(strategy.compute(p, solver, m, t, backend))
 
@@ -290,7 +285,7 @@ def _hypergrad(
         return lambda m, t: single(p, m, t)
 
     if not batched:
-        out = Outcome(*_run(single, "compute", key, problem, meta, data, backend))
+        out = Outcome(*single(problem, meta, data))
         raise_nonfinite(
             out.value,
             out.grad,
@@ -316,9 +311,7 @@ def _hypergrad(
             def grad_of_mean(p: Problem, m: Tree, t: Tree) -> Any:
                 return _grad_of_mean(reverse, p, solver, m, t, _task_axes(t, backend), backend)
 
-            values, mean_grad, params, diags = _run(
-                grad_of_mean, "grad_of_mean", key, problem, meta, data, backend
-            )
+            values, mean_grad, params, diags = grad_of_mean(problem, meta, data)
             grads = None
             vmapped_one = backend.vmap(one_of(problem), in_dims=(None, dims))
         else:
@@ -326,9 +319,7 @@ def _hypergrad(
             def vmapped(p: Problem, m: Tree, t: Tree) -> Any:
                 return backend.vmap(one_of(p), in_dims=(None, _task_axes(t, backend)))(m, t)
 
-            values, grads, params, diags = _run(
-                vmapped, "vmapped", key, problem, meta, data, backend
-            )
+            values, grads, params, diags = vmapped(problem, meta, data)
         task_diags = [tree.index(diags, i) for i in range(n)] if diags else [{}] * n
     else:
         if isinstance(strategy, TwoPhase) and vectorizable(solver):  # vmap the inner solves
@@ -377,51 +368,6 @@ def _hypergrad(
     )
     grad = mean_grad if mean_grad is not None else tree.map(lambda g: g.mean(0), grads)
     return Result(value, grad, params, worst(infos), infos, values)
-
-
-def _all_arrays(backend: Backend, *trees: Tree) -> bool:
-    return all(backend.owns(x) for t in trees for x in tree.leaves(t))
-
-
-# problem -> how often each (kind, strategy, solver, input signature) was met eagerly
-_SEEN: weakref.WeakKeyDictionary[Problem, dict[Hashable, int]] = weakref.WeakKeyDictionary()
-EAGER_CALLS = 2  # calls with one signature that run eagerly before it is compiled
-
-
-def _run(
-    fn: Callable[[Problem, Tree, Tree], Any],
-    kind: str,
-    key: Hashable | None,
-    problem: Problem,
-    meta: Tree,
-    data: Tree,
-    backend: Backend,
-) -> Any:
-    """``fn(problem, meta, data)``, run as one program compiled by the backend (JAX: one
-    ``jax.jit`` program instead of one dispatch per operation) once the same ``kind``, ``key``
-    (strategy and solver), problem and input shapes come back a third time (a training loop);
-    eagerly before, and always where ``key`` is ``None``.
-
-    Compiling a whole unrolled loop costs about ten eager runs (≈2 s against ≈0.2 s for 40
-    steps on a CPU), so one-off calls (tests, evaluations at new shapes) stay eager. The host
-    checks run on the outputs either way, and the failure path (locating a non-finite step)
-    runs eagerly. ``fn`` must not close over ``problem``: the compiled program is kept with it.
-    """
-    if key is not None:
-        leaves, structure = tree.flatten((meta, data))
-        signature = (kind, key, structure, tuple((x.shape, str(x.dtype)) for x in leaves))
-        try:
-            seen = _SEEN.setdefault(problem, {})
-            count = seen.get(signature, 0)
-            if count >= EAGER_CALLS:
-                compiled = compiled_once(
-                    problem, backend, (kind, key), lambda get: lambda m, t: fn(get(), m, t)
-                )
-                return compiled(meta, data)
-            seen[signature] = count + 1
-        except TypeError:  # an unhashable solver or strategy: nothing to key a cache on
-            pass
-    return fn(problem, meta, data)
 
 
 def _grad_of_mean(

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
-from bilevel._compile import compiled_once
 from bilevel.backends.base import Backend, Tree
 from bilevel.validate import callable_with
 
@@ -210,29 +209,20 @@ class InnerObjective:
             TypeError: if the problem has no inner loss, or the loss is not a floating 0-d array.
         """
         fn = _require(self.loss_fn)
-        return _scalar_loss(lambda: fn)(*self._arguments(fn, params))
+        return _scalar_loss(fn)(*self._arguments(fn, params))
 
     def value_and_grad(self, params: Tree) -> tuple[Any, Tree]:
         """``(f(params), ∇_params f(params))`` through the backend; for a :class:`SemiGradient`
         loss the gradient holds the targets at ``params`` (constants for this gradient only).
 
-        The value-and-gradient function is built once per loss function and backend and kept
-        while the loss is alive, so a backend that compiles (JAX) compiles it once, not per step
-        (the step of a :class:`PerStep` loss is an argument, not a constant).
+        Nothing is compiled here: on JAX an eager call runs operation by operation, and
+        ``jax.jit`` around the caller's function (or :func:`bilevel.trainer.fit`) compiles it.
         """
         fn = _require(self.loss_fn)
-        backend = self.backend
-        step = compiled_once(
-            fn, backend, "value_and_grad", lambda get: backend.value_and_grad(_scalar_loss(get))
+        result: tuple[Any, Tree] = self.backend.value_and_grad(_scalar_loss(fn))(
+            *self._arguments(fn, params)
         )
-        result: tuple[Any, Tree] = step(*self._arguments(fn, params))
         return result
-
-    def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` compiled by the backend once and kept while ``fn`` lives (JAX: ``jax.jit``;
-        torch: ``fn`` itself): for a solver's per-step function of ``(state, meta, task)``,
-        such as an update rule."""
-        return compiled_once(fn, self.backend, "call", _call)
 
 
 def _require(fn: Callable[[Tree, Tree, Tree], Any] | None) -> Callable[[Tree, Tree, Tree], Any]:
@@ -270,24 +260,15 @@ def check_scalar(value: Any, what: str) -> Any:
     return value
 
 
-def _scalar_loss(get: Callable[[], Any]) -> Callable[..., Any]:
-    """The loss ``get()`` with its value checked to be a scalar; for a :class:`SemiGradient`,
-    the loss of ``(params, targets, meta, task)``. ``get`` returns the user's function (a weak
-    reference when the result is cached, so a cached value never keeps its own key alive)."""
+def _scalar_loss(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The inner loss ``fn`` with its value checked to be a scalar; for a
+    :class:`SemiGradient`, the loss of ``(params, targets, meta, task)``."""
 
     def loss(*args: Any) -> Any:
-        fn = get()
         value = (fn.loss if isinstance(fn, SemiGradient) else fn)(*args)
         return check_scalar(value, "Problem.inner_loss")
 
     return loss
-
-
-def _call(get: Callable[[], Any]) -> Callable[..., Any]:
-    def call(*args: Any) -> Any:
-        return get()(*args)
-
-    return call
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ import numpy as np
 
 from bilevel import tree
 from bilevel.backends import Backend, backend_for
-from bilevel.hypergrad import hypergrad
+from bilevel.hypergrad import Batch, hypergrad
 from bilevel.recipes import Config
-from bilevel.result import Result
+from bilevel.result import Info, Result
 from bilevel.solvers import optim
 from bilevel.validate import count
 
@@ -323,6 +323,24 @@ def _step_in_place(optimizer: Any, leaves: list[Any], grads: Tree) -> None:
         leaf.grad = None
 
 
+def _step_of(config: Config, optimizer: Any, backend: Backend, batched: bool) -> Any:
+    """One outer step as a pure function of arrays, for the backend to compile:
+    ``(meta, state, data) -> (value, grad, params, task_values, meta', state', finite)``,
+    with ``finite`` the device-side flags (hypergradient, updated meta) the host checks."""
+
+    def step(meta: Tree, state: Any, data: Tree) -> tuple[Any, ...]:
+        task = Batch(data) if batched else data
+        res = hypergrad(config.problem, config.solver, meta, task, strategy=config.strategy)
+        updated, state = _apply(optimizer, res.grad, state, meta)
+        finite = (
+            backend.all_finite((res.value, res.grad, res.params)),
+            backend.all_finite(updated),
+        )
+        return res.value, res.grad, res.params, res.task_values, updated, state, finite
+
+    return step
+
+
 def fit(
     config: Config,
     meta: Tree,
@@ -335,8 +353,20 @@ def fit(
     callback: Callable[[int, Tree, Result], None] | None = None,
     progress: bool = True,
     desc: str = "meta-training",
+    compiled: bool = True,
 ) -> Trained:
     """Run ``steps`` outer steps of ``optimizer`` on the hypergradient of ``config``.
+
+    Compilation. With an optax-style ``optimizer`` on a backend that compiles (JAX), each outer
+    step, the hypergradient and the optimizer's update together, runs as one ``jax.jit``
+    program (``compiled=True``, the default), traced once per task shape; the host then checks
+    the step's outputs (a non-finite hypergradient is recomputed eagerly to locate its step,
+    an update that makes θ non-finite raises :class:`OuterStepDiverged`). A step ``jax.jit``
+    cannot trace (``Implicit``, whose linear solvers stop on a host-side test; a SciPy inner
+    solver; non-array task leaves; a loss that branches on values) runs eagerly, with the same
+    numbers. Losses must be pure functions: a compiled step reads globals once, at its trace.
+    ``compiled=False`` runs every step eagerly. On torch steps always run eagerly:
+    ``torch.compile`` of the step was measured, not faster (``benchmarks/results/fit_step.md``).
 
     Args:
         config: ``Config(problem, solver, strategy)``, e.g. from :mod:`bilevel.recipes`.
@@ -356,6 +386,8 @@ def fit(
         progress: show a progress bar with the running outer loss (tqdm's where tqdm is
             installed, else a plain line on stderr every tenth of the run).
         desc: the progress bar's label.
+        compiled: compile each outer step on JAX (see above); ``False`` runs it eagerly. No
+            effect on torch, or with a ``torch.optim``-style optimizer.
 
     Returns:
         ``Trained(meta, history)``; ``history.series("outer_loss")`` holds the value of the
@@ -414,6 +446,9 @@ def fit(
             Trained(last, history),
         )
 
+    # the compiled step, one per kind of task (one task or a Batch); None: eager steps
+    fast: dict[bool, Any] | None = {} if compiled and owned is None else None
+    plain = Info(strategy=repr(config.strategy))
     scale = _largest(backend, meta)
     bar = _progress(steps, desc) if progress else None
     running = math.nan
@@ -422,10 +457,36 @@ def fit(
         if every and steps:
             record_metrics(0)
         for step in range(steps):
+            task = tasks(step)
+            out: tuple[Any, ...] | None = None
             try:
-                result = hypergrad(
-                    config.problem, config.solver, meta, tasks(step), strategy=config.strategy
-                )
+                if fast is not None:
+                    batched = isinstance(task, Batch)
+                    if batched not in fast:
+                        fast[batched] = backend.compiled(
+                            _step_of(config, optimizer, backend, batched)
+                        )
+                    data = task.tasks if batched else task
+                    ran: tuple[Any, ...] = fast[batched](meta, state, data)
+                    if backend.host_bool(ran[-1][0]) is False:
+                        # eagerly again: hypergrad's host checks locate the failure and raise
+                        hypergrad(
+                            config.problem, config.solver, meta, task, strategy=config.strategy
+                        )
+                        raise RuntimeError(
+                            f"fit: outer step {step}: the compiled step's hypergradient is not "
+                            "finite but the eager one is; run the steps eagerly with "
+                            "fit(..., compiled=False)"
+                        )
+                    out = ran
+                if out is None:
+                    result = hypergrad(
+                        config.problem, config.solver, meta, task, strategy=config.strategy
+                    )
+                else:
+                    value, grad, params, values = out[:4]
+                    n = int(values.shape[0])
+                    result = Result(value, grad, params, plain, (plain,) * n, values)
             except (RuntimeError, ValueError) as err:
                 grown = _grown(backend, meta, scale) if step and type(err) in _PLAIN else None
                 if grown is None:
@@ -442,8 +503,12 @@ def fit(
             if callback is not None:
                 callback(step, meta, result)
             if owned is None:
-                updated, state = _apply(optimizer, result.grad, state, meta)
-                if backend.host_bool(backend.all_finite(updated)) is False:
+                if out is None:
+                    updated, state = _apply(optimizer, result.grad, state, meta)
+                    finite = backend.all_finite(updated)
+                else:
+                    updated, state, finite = out[4], out[5], out[6][1]
+                if backend.host_bool(finite) is False:
                     raise diverged(step, meta, result.grad)
                 meta = updated
             else:
