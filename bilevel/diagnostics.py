@@ -138,9 +138,9 @@ def issues_of(info: Info, stationarity_tol: float | None) -> list[Issue]:
         and not _stationary(info, stationarity_tol)
     ):
         reference = (
-            f"{limit:.3g} = stationarity_tol × the problem's gradient scale (stationarity_tol = "
-            f"{stationarity_tol:.3g}; the scale is the larger of ‖G‖ at the start of the inner "
-            "solve and ‖∂_φG·φ*‖)"
+            f"{limit:.3g} = stationarity_tol × the problem's gradient scale (stationarity_tol "
+            f"= {stationarity_tol:.3g}; the scale is max(‖A(φ* − φ₀)‖, ‖Aφ*‖), A = ∂_φG, from "
+            "the start φ₀ = init(θ, τ))"
             if limit is not None
             else f"stationarity_tol = {stationarity_tol:.3g}"
         )

@@ -112,27 +112,35 @@ def _check_task(data: Tree, meta: Tree, backend: Backend, who: str) -> None:
         )
 
 
-def _check_unchanged(
-    backend: Backend,
-    caller: Tree,
-    before: tuple[int | None, ...],
-    own: Tree,
-    fresh: tuple[int | None, ...],
-    who: str,
-) -> None:
-    """Refuse a call during which a user function changed an input in place."""
+def _guarded(
+    who: str, backend: Backend, meta: Tree, data: Tree, run: Callable[[Tree, Tree], Any]
+) -> Any:
+    """``run(meta, data)`` on private copies of the caller's arrays, with no tape recorded by
+    the caller: a function that changes an input in place cannot reach the caller's arrays, and
+    is refused (the copies' version counters, or the framework's own refusal inside a
+    transform, tell)."""
+    caller = (meta, data)
+    before = backend.versions(caller)
+    own = backend.isolate(backend.untape(caller))
+    fresh = backend.versions(own)
+    try:
+        out = run(*own)
+    except RuntimeError as err:
+        if backend.is_in_place_error(err):
+            raise _in_place(who) from err
+        raise
     changed = [
-        i for i, (a, b) in enumerate(zip(before, backend.versions(caller), strict=True)) if a != b
+        i
+        for i, (a, b, c, d) in enumerate(
+            zip(before, backend.versions(caller), fresh, backend.versions(own), strict=True)
+        )
+        if a != b or c != d
     ]
-    changed_own = [
-        i for i, (a, b) in enumerate(zip(fresh, backend.versions(own), strict=True)) if a != b
-    ]
-    if changed or changed_own:
-        meta_n = len(tree.leaves(caller[0]))
-        what = [f"meta leaf {i}" for i in changed_own] + [
-            f"meta leaf {i}" if i < meta_n else f"task leaf {i - meta_n}" for i in changed
-        ]
+    if changed:
+        meta_n = len(tree.leaves(meta))
+        what = [f"meta leaf {i}" if i < meta_n else f"task leaf {i - meta_n}" for i in changed]
         raise _in_place(who, ", ".join(what))
+    return out
 
 
 def _in_place(who: str, what: str = "an input") -> ValueError:
@@ -250,23 +258,24 @@ def hypergrad(
     _check_inputs(problem, strategy, meta, backend)
     _check_task(data, meta, backend, "hypergrad")
     strategy.validate(solver)
-    # The computation gets its own copy of θ (a function that changes it in place cannot reach
-    # the caller's) and no tape recorded by the caller; in-place changes are found by version.
-    caller, before = (meta, data), backend.versions((meta, data))
-    meta, data = backend.isolate(backend.untape(meta)), backend.untape(data)
-    fresh = backend.versions(meta)
-    try:
-        res = _hypergrad(problem, solver, meta, data, isinstance(task, Batch), strategy, backend)
-    except RuntimeError as err:
-        if backend.is_in_place_error(err):
-            raise _in_place("hypergrad") from err
-        raise
-    _check_unchanged(backend, caller, before, meta, fresh, "hypergrad")
+    batched = isinstance(task, Batch)
+    res = _guarded(
+        "hypergrad",
+        backend,
+        meta,
+        data,
+        lambda m, d: _hypergrad(problem, solver, m, d, batched, strategy, backend),
+    )
     # Results carry no autograd history (a loss closing over a module that requires grad would
     # otherwise keep its graph alive) and share no memory with the caller's arrays.
-    value, grad, values = backend.untape((res.value, res.grad, res.task_values))
-    params = backend.unalias(backend.untape(res.params), caller)
+    arrays = (res.value, res.grad, res.params, res.task_values)
+    value, grad, params, values = backend.unalias(backend.untape(arrays), meta, data)
     return Result(value, grad, params, res.info, res.task_info, values)
+
+
+# Warnings point at the line that called hypergrad: warnings.warn is called in diagnostics.warn,
+# from _hypergrad, from the lambda that _guarded runs, from _guarded, from hypergrad.
+_CALLER = 6
 
 
 def _hypergrad(
@@ -295,7 +304,7 @@ def _hypergrad(
             backend,
         )
         info = info_of(out.diag, strategy, backend)
-        warn([issues_of(info, out.diag.get("stationarity_tol"))], stacklevel=4)
+        warn([issues_of(info, out.diag.get("stationarity_tol"))], stacklevel=_CALLER)
         return Result(out.value, out.grad, out.params, info, (info,), backend.stack([out.value]))
 
     batch = Batch(data)
@@ -313,11 +322,11 @@ def _hypergrad(
 
             values, mean_grad, params, diags = grad_of_mean(problem, meta, data)
             grads = None
-            vmapped_one = backend.vmap(one_of(problem), in_dims=(None, dims))
+            vmapped_one = backend.map_tasks(one_of(problem), in_dims=(None, dims))
         else:
 
             def vmapped(p: Problem, m: Tree, t: Tree) -> Any:
-                return backend.vmap(one_of(p), in_dims=(None, _task_axes(t, backend)))(m, t)
+                return backend.map_tasks(one_of(p), in_dims=(None, _task_axes(t, backend)))(m, t)
 
             values, grads, params, diags = vmapped(problem, meta, data)
         task_diags = [tree.index(diags, i) for i in range(n)] if diags else [{}] * n
@@ -328,7 +337,7 @@ def _hypergrad(
             def inner(t: Tree) -> tuple[Tree, dict[str, Any]]:
                 return strategy.forward(problem, solver, meta, t, backend)
 
-            solved, found = backend.vmap(inner, in_dims=(dims,))(data)
+            solved, found = backend.map_tasks(inner, in_dims=(dims,))(data)
             outs = strategy.backward_batch(
                 problem, solver, meta, data, dims, solved, found, backend
             )
@@ -364,7 +373,7 @@ def _hypergrad(
     infos = tuple(info_of(d, strategy, backend) if d else plain for d in task_diags)
     warn(
         [issues_of(i, d.get("stationarity_tol")) for i, d in zip(infos, task_diags, strict=True)],
-        stacklevel=4,
+        stacklevel=_CALLER,
     )
     grad = mean_grad if mean_grad is not None else tree.map(lambda g: g.mean(0), grads)
     return Result(value, grad, params, worst(infos), infos, values)
@@ -426,23 +435,18 @@ def solve(problem: Problem, solver: Any, meta: Tree, task: Tree) -> Tree:
     backend = backend_for(meta, data, what="solve")
     _check_problem(problem, "solve")
     _check_task(data, meta, backend, "solve")
-    caller, before = (meta, data), backend.versions((meta, data))
-    meta, data = backend.isolate(backend.untape(meta)), backend.untape(data)
-    fresh = backend.versions(meta)
 
-    def one(t: Tree) -> Tree:
-        return solve_forward(problem, solver, meta, t, backend)[0]
+    def run(m: Tree, d: Tree) -> Tree:
+        def one(t: Tree) -> Tree:
+            return solve_forward(problem, solver, m, t, backend)[0]
 
-    if not isinstance(task, Batch):
-        params = one(data)
-    else:
-        batch = Batch(data)
+        if not isinstance(task, Batch):
+            return one(d)
+        batch = Batch(d)
         n = batch.size()
         if vectorizable(solver):
-            params = backend.vmap(one, in_dims=(_task_axes(data, backend),))(data)
-        else:
-            params = tree.map(
-                lambda *ps: backend.stack(ps), *(one(batch.task(i)) for i in range(n))
-            )
-    _check_unchanged(backend, caller, before, meta, fresh, "solve")
-    return backend.unalias(backend.untape(params), caller)
+            return backend.map_tasks(one, in_dims=(_task_axes(d, backend),))(d)
+        return tree.map(lambda *ps: backend.stack(ps), *(one(batch.task(i)) for i in range(n)))
+
+    params = _guarded("solve", backend, meta, data, run)
+    return backend.unalias(backend.untape(params), meta, data)

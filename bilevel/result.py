@@ -21,9 +21,9 @@ class Info:
         stationarity: ``‖G(φ_K)‖``, with ``G = ∇_φ f`` (or ``φ − step(φ)`` for a fixed point),
             where the strategy relies on it (``Implicit``); ``None`` where it was not computed.
         stationarity_limit: what ``stationarity`` is judged against:
-            ``stationarity_tol · max(‖G(φ₀)‖, ‖Aᵀφ*‖)``, with φ₀ = init(θ, τ) the start of the
-            inner solve and ``A = ∂_φG`` (the inner Hessian), or G's rounding level where larger;
-            ``None`` where not computed.
+            ``stationarity_tol · max(‖Aᵀ(φ_K − φ₀)‖, ‖Aᵀφ_K‖)``, with φ₀ = init(θ, τ) the start
+            of the inner solve and ``A = ∂_φG`` (the inner Hessian) at φ_K, or G's rounding
+            level where larger; ``None`` where not computed.
         linear: the linear solve's diagnostics (``Implicit``), else ``None``.
         solver: a black-box solver's report, else ``None``.
     """

@@ -22,7 +22,19 @@ import torch.nn.functional as F
 from _frameworks import Framework, numpy, xp
 from _generators import randn, rng
 
-from bilevel import Batch, FirstOrder, Problem, Truncated, Unrolled, hypergrad, solve, solvers
+from bilevel import (
+    Batch,
+    FirstOrder,
+    ForwardMode,
+    Implicit,
+    Problem,
+    StationarityWarning,
+    Truncated,
+    Unrolled,
+    hypergrad,
+    solve,
+    solvers,
+)
 
 RTOL = 1e-12
 N_TASKS = 3
@@ -403,3 +415,139 @@ def test_none_is_an_empty_subtree_of_meta_on_both_backends(fw: Framework) -> Non
         # φ₂ = 0.8²·θ, F = ‖φ₂‖², dF/dθ = 2·0.8⁴ = 0.8192 (Unrolled); FirstOrder: 2·0.64 = 1.28
         want = 0.8192 if isinstance(strategy, Unrolled) else 1.28
         np.testing.assert_allclose(numpy(res.grad["w"]), [want, want], rtol=1e-12)
+
+
+# ------------------------------------------------------------ found by review, each a regression
+
+
+def test_forward_mode_directions_see_one_draw_of_random_numbers() -> None:
+    # φ_K = θ and F = Σ φ·z with z ~ N(0, 1) drawn inside the loss: value Σz, gradient z. Each
+    # direction of ForwardMode's vmap drew its own z when vmap drew per lane (value −2.745 and
+    # grad sum −2.924 against Unrolled's −0.363 for both).
+    problem = Problem(
+        init=lambda m, t: m * 1.0,
+        inner_loss=lambda w, m, t: 0.5 * ((w - m) ** 2).sum(),
+        outer_loss=lambda w, m, t: (w * torch.randn_like(w)).sum(),
+    )
+    solver = solvers.GradientDescent(lr=0.5, steps=2)
+    meta = torch.ones(4, dtype=torch.float64)
+    for task in (None, Batch(torch.zeros(3, 1, dtype=torch.float64))):
+        out = {}
+        for strategy in (Unrolled(), ForwardMode()):
+            torch.manual_seed(0)
+            out[strategy] = hypergrad(problem, solver, meta, task, strategy=strategy)
+        for res in out.values():  # gradient = the z of the value's own draw
+            assert float(res.grad.sum()) == pytest.approx(float(res.value), rel=1e-12)
+
+
+def test_task_data_changed_in_place_is_refused_and_the_callers_task_is_untouched() -> None:
+    # Before: the error was raised but the caller's task had been doubled twice ([1] -> [4]).
+    def init(m: Any, t: Any) -> Any:
+        return m * 1.0 + t["x"].mul_(2).sum() * 0
+
+    problem = Problem(
+        init=init, inner_loss=lambda w, m, t: ((w - m) ** 2).sum(), outer_loss=SQUARES.outer_loss
+    )
+    task = {"x": torch.ones(3)}
+    for strategy in (FirstOrder(), Unrolled(), ForwardMode()):
+        with pytest.raises(ValueError, match="in place"):
+            hypergrad(
+                problem, solvers.GradientDescent(0.1, 1), torch.ones(3), task, strategy=strategy
+            )
+        assert torch.equal(task["x"], torch.ones(3))
+    with pytest.raises(ValueError, match=r"solve: .* in place"):
+        solve(problem, solvers.GradientDescent(0.1, 1), torch.ones(3), task)
+
+
+def test_forward_mode_refuses_an_in_place_change_of_meta() -> None:
+    # Before: ForwardMode worked on copies nobody checked: init doubling θ in place gave value
+    # 7.68 and grad 5.12 instead of refusing (2θ out of place gives 3.84 and 2.56).
+    problem = Problem(
+        init=_doubles_meta_in_init, inner_loss=SQUARES.inner_loss, outer_loss=SQUARES.outer_loss
+    )
+    meta = torch.ones(3)
+    with pytest.raises(ValueError, match="in place"):
+        hypergrad(
+            problem, solvers.GradientDescent(0.1, 1), meta, torch.zeros(3), strategy=ForwardMode()
+        )
+    assert torch.equal(meta, torch.ones(3))
+
+
+def test_solve_names_an_in_place_change_inside_a_transform() -> None:
+    # Before: torch.func's "mutate a captured Tensor" reached the user from solve().
+    problem = Problem(
+        init=lambda m, t: m * 1.0, inner_loss=_doubles_meta_in_loss, outer_loss=SQUARES.outer_loss
+    )
+    with pytest.raises(ValueError, match=r"solve: .* in place"):
+        solve(problem, solvers.GradientDescent(0.1, 2), torch.ones(3), torch.zeros(3))
+
+
+def test_no_output_aliases_an_input() -> None:
+    # Before: an outer loss returning a task leaf made res.value that very tensor.
+    c = torch.tensor(2.5)
+    problem = Problem(
+        init=lambda m, t: m * 1.0,
+        inner_loss=lambda w, m, t: ((w - m) ** 2).sum(),
+        outer_loss=lambda w, m, t: t["c"],
+    )
+    for strategy in (Unrolled(), FirstOrder(), Truncated(1)):
+        res = hypergrad(
+            problem, solvers.GradientDescent(0.1, 1), torch.ones(2), {"c": c}, strategy=strategy
+        )
+        res.value.add_(1.0)
+        assert float(c) == 2.5
+
+
+def test_implicit_under_the_callers_grad_is_refused() -> None:
+    # Before: jax.grad / torch.func.grad of Implicit's value returned [0, 0, 0] (its value is
+    # built from a stopped φ*) while res.grad was [1, 1, 1].
+    problem = Problem(
+        init=lambda m, t: m * 1.0,
+        inner_loss=lambda w, m, t: ((w - t) ** 2).sum() + ((w - m) ** 2).sum(),
+        outer_loss=lambda w, m, t: (w**2).sum(),
+    )
+    solver = solvers.GradientDescent(lr=0.25, steps=3)
+    one = torch.ones(3, dtype=torch.float64)
+
+    def value(m: Any) -> Any:
+        return hypergrad(problem, solver, m, one, strategy=Implicit(solvers.CG())).value
+
+    with pytest.raises(TypeError, match=r"Implicit\(\.\.\.\) cannot run inside .*torch.func.grad"):
+        torch.func.grad(value)(one)
+
+
+def test_a_steep_far_start_does_not_loosen_the_stationarity_test() -> None:
+    # φ₀ = θ + 100 on a quartic: ‖G(φ₀)‖ = 1e6; 2000 small steps stop 2.8 from φ* = θ with
+    # ‖G‖ = 24.6 and a hypergradient of 3.8 against the true 1.0. A limit of tol·‖G(φ₀)‖ = 100
+    # passed it silently; the limit is now tol·max(‖H(φ_K − φ₀)‖, ‖Hφ_K‖) ≈ 0.24.
+    problem = Problem(
+        init=lambda m, t: m + t,
+        inner_loss=lambda w, m, t: (0.5 * (w - m) ** 2 + 0.25 * (w - m) ** 4).sum(),
+        outer_loss=lambda w, m, t: (0.5 * w**2).sum(),
+    )
+    with pytest.warns(StationarityWarning, match="not solved"):
+        res = hypergrad(
+            problem,
+            solvers.GradientDescent(lr=3e-5, steps=2000),
+            torch.tensor([1.0], dtype=torch.float64),
+            torch.tensor([100.0], dtype=torch.float64),
+            strategy=Implicit(solvers.CG()),
+        )
+    assert res.info.stationarity > 100 * res.info.stationarity_limit
+
+
+def test_forward_mode_names_torchs_gap_for_built_in_losses() -> None:
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    problem = Problem(
+        init=lambda m, t: m * 1.0,
+        inner_loss=lambda w, m, t: F.mse_loss(t[0] @ w, t[1]),
+        outer_loss=lambda w, m, t: F.mse_loss(t[0] @ w, t[1]),
+    )
+    with pytest.raises(RuntimeError, match=r"ForwardMode\(\): .*F.mse_loss.*Unrolled"):
+        hypergrad(
+            problem,
+            solvers.GradientDescent(lr=0.1, steps=1),
+            torch.zeros(3, dtype=torch.float64),
+            (x, y),
+            strategy=ForwardMode(),
+        )

@@ -173,7 +173,7 @@ def test_semi_gradient_of_a_per_step_loss(fw: Framework) -> None:
 
 def test_implicit_refuses_a_per_step_loss(fw: Framework) -> None:
     meta, task = fw.tree(META), fw.tree(_task(5))
-    with pytest.raises(TypeError, match=r"PerStep.*Implicit.*fixed point.*no step"):
+    with pytest.raises(TypeError, match=r"Implicit.*PerStep.*fixed point.*no step"):
         hypergrad(PROBLEM, GD, meta, task, strategy=Implicit(solvers.CG()))
 
 

@@ -86,6 +86,15 @@ class Backend(Protocol):
         """Vectorise ``fn`` over the axes in ``in_dims`` (a pytree prefix; ``None``: shared)."""
         ...
 
+    def map_tasks(
+        self, fn: Callable[..., Any], in_dims: tuple[Any, ...], out_dims: Any = 0
+    ) -> Callable[..., Any]:
+        """:meth:`vmap` over independent tasks: each task draws its own random numbers (dropout,
+        ``torch.randn``), as a loop over the tasks would, reproducibly under the framework's
+        seed. :meth:`vmap` itself vectorises one computation and keeps one draw for all its
+        lanes (the directions of a forward-mode derivative must see the same numbers)."""
+        ...
+
     def stop_gradient(self, tree: Tree, /) -> Tree:
         """The same values with no gradient flowing back through them."""
         ...
@@ -110,6 +119,11 @@ class Backend(Protocol):
 
     def is_in_place_error(self, err: BaseException, /) -> bool:
         """Whether ``err`` is the framework refusing an in-place change inside a transform."""
+        ...
+
+    def is_traced(self, tree: Tree, /) -> bool:
+        """Whether a leaf of ``tree`` is being transformed by the caller (inside ``jax.jit``,
+        ``jax.grad``, ``torch.func.grad``, a ``vmap``): its value is not a plain array."""
         ...
 
     def isolate(self, tree: Tree, /) -> Tree:

@@ -210,6 +210,13 @@ class JaxBackend:
 
         return mapped
 
+    def map_tasks(
+        self, fn: Callable[..., Any], in_dims: tuple[Any, ...], out_dims: Any = 0
+    ) -> Callable[..., Any]:
+        # JAX draws random numbers from explicit keys: per-task keys in the tasks make the
+        # draws independent, so mapping tasks is vmap itself.
+        return self.vmap(fn, in_dims, out_dims)
+
     def stop_gradient(self, tree_: Tree) -> Tree:
         return tree.map(lambda x: jax.lax.stop_gradient(x) if _is_array(x) else x, tree_)
 
@@ -228,6 +235,9 @@ class JaxBackend:
 
     def is_in_place_error(self, err: BaseException) -> bool:
         return False  # JAX arrays cannot be changed in place
+
+    def is_traced(self, tree_: Tree) -> bool:
+        return any(isinstance(x, jax.core.Tracer) for x in tree.leaves(tree_))
 
     def isolate(self, tree_: Tree) -> Tree:
         return tree_  # JAX arrays are immutable: sharing them is safe

@@ -147,6 +147,11 @@ class TorchBackend:
     def vmap(
         self, fn: Callable[..., Any], in_dims: tuple[Any, ...], out_dims: Any = 0
     ) -> Callable[..., Any]:
+        return tf.vmap(fn, in_dims=in_dims, out_dims=out_dims, randomness="same")
+
+    def map_tasks(
+        self, fn: Callable[..., Any], in_dims: tuple[Any, ...], out_dims: Any = 0
+    ) -> Callable[..., Any]:
         # Each task draws its own random numbers (dropout, torch.randn in a loss), as a loop
         # over the tasks would; torch.manual_seed makes them reproducible.
         return tf.vmap(fn, in_dims=in_dims, out_dims=out_dims, randomness="different")
@@ -176,6 +181,12 @@ class TorchBackend:
     def is_in_place_error(self, err: BaseException) -> bool:
         text = str(err)
         return "in-place operation" in text or "inplace operation" in text
+
+    def is_traced(self, tree_: Tree) -> bool:
+        return any(
+            isinstance(x, torch.Tensor) and is_functorch_wrapped_tensor(x)
+            for x in tree.leaves(tree_)
+        )
 
     def isolate(self, tree_: Tree) -> Tree:
         return tree.map(_clone, tree_)

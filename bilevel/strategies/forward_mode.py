@@ -68,10 +68,9 @@ class ForwardMode:
     def compute(
         self, problem: Problem, solver: Any, meta: Tree, task: Tree, backend: Backend
     ) -> Outcome:
-        # A fresh copy of θ (``x * 1`` is exact): an expanded, stride-0 leaf such as
-        # ``torch.zeros(3).expand(4, 3)`` cannot carry a forward-mode tangent, and the copy reads
-        # it as the array it shows, one independent entry per element.
-        meta = tree.map(lambda x: x * 1, meta)
+        # hypergrad hands strategies a private copy of θ (Backend.isolate): an expanded, stride-0
+        # leaf such as torch.zeros(3).expand(4, 3), which cannot carry a forward-mode tangent,
+        # arrives as the dense array it shows, and an in-place change of it is seen.
         fn = unrolled_map(problem, solver, meta, task, backend, frozen=0)
         flat, unravel = backend.ravel(meta)
         n = int(flat.shape[0])
@@ -91,7 +90,18 @@ class ForwardMode:
         params: Tree = None
         for start in range(0, n, size):
             rows = backend.from_numpy(eye[start : start + size], like=flat)
-            values, chunk_derivs, chunk_params = pushed(rows)
+            try:
+                values, chunk_derivs, chunk_params = pushed(rows)
+            except RuntimeError as err:
+                if "ZeroTensor" not in str(err):
+                    raise
+                raise RuntimeError(
+                    "ForwardMode(): torch's forward-mode derivative of the inner gradient failed "
+                    "(torch.func.jvp through the gradient of some built-in losses, such as "
+                    "F.mse_loss, is not supported by torch); write the loss with elementwise "
+                    "operations, e.g. ((pred - y) ** 2).mean(), or use Unrolled(), which returns "
+                    "the same hypergradient"
+                ) from err
             derivs.append(chunk_derivs)
             value, params = values[0], _first(chunk_params)
         grad = unravel(derivs[0] if len(derivs) == 1 else _concat(backend, derivs))

@@ -74,40 +74,38 @@ def _stationarity(
     meta: Tree,
     params: Tree,
     residual: Tree,
-    curvature: Tree,
+    matvec: Callable[[Tree], Tree],
     backend: Backend,
     tol: float,
 ) -> dict[str, Any]:
-    """``‖G(φ*)‖`` and the limit it is judged against.
+    """``‖G(φ_K)‖`` and the limit it is judged against.
 
-    The limit is ``tol·s`` with the problem's own gradient scale
-    ``s = max(‖G(φ₀)‖, ‖Aᵀφ*‖)``: the residual at the start of the inner solve
-    ``φ₀ = init(θ, τ)``, or the change of ``G`` over a displacement the size of φ*
-    (``A = ∂_φG``, the inner Hessian), whichever is larger; and never below the rounding level
-    of ``G`` (``√n·ε·‖Aᵀφ*‖``; ``√n·ε·‖φ*‖`` for a fixed point ``G = φ − step(φ)``).
+    The limit is ``tol·max(‖Aᵀ(φ_K − φ₀)‖, ‖Aᵀφ_K‖)`` with ``A = ∂_φG`` at φ_K (the inner
+    Hessian) and ``φ₀ = init(θ, τ)`` where the inner solve started: a fraction of how much the
+    gradient changed along the solve (for a quadratic, exactly ``‖G(φ₀) − G(φ_K)‖``) or over a
+    displacement the size of φ_K, whichever is larger; and never below G's rounding level
+    ``√n·ε·‖Aᵀφ_K‖``.
 
-    Both scales move with the loss (multiplying it by c multiplies ``G``, ``A`` and ``s`` by c),
-    so the verdict does not depend on the loss's scale: an absolute limit passed a 10-step solve
-    far from φ* at loss scale 1e-6 and could not be met in float32 at loss scale 1e4. Either
-    scale alone fails somewhere: ``‖G(φ₀)‖`` is tiny for a warm start that begins near φ*
-    (hyper-cleaning restarts each solve at the last φ*), ``‖Aᵀφ*‖`` for a solution near 0. With
-    ``‖Aᵀφ*‖`` as the scale, ``‖G‖ ≤ tol·‖Aᵀφ*‖`` says the Newton step ``A⁻¹G`` is about
-    ``tol`` of φ*'s size.
+    Both terms move with the loss (multiplying it by c multiplies ``G`` and ``A`` by c), so the
+    verdict does not depend on the loss's scale: an absolute limit passed a 10-step solve far
+    from φ* at loss scale 1e-6 and could not be met in float32 at loss scale 1e4. Neither is
+    loosened by a steep start far away, as ``tol·‖G(φ₀)‖`` was (a quartic solve that stopped
+    2.8 from φ* after starting 100 away, with ``‖G(φ₀)‖ = 1e6``, passed). The second term keeps
+    a warm start that begins at φ* already (hyper-cleaning restarts each solve at the last φ*)
+    from being judged against its own tiny displacement; its price is that it grows with φ's
+    distance from the origin (keep parameters O(1), as optimisers assume anyway).
     """
-    start = gmap(initial_params(problem, meta, task, backend), meta)
+    start = initial_params(problem, meta, task, backend)
+    moved, at = matvec(tree.sub(params, start)), matvec(params)
     leaves = tree.leaves(params)
     n = sum(int(math.prod(x.shape)) for x in leaves)
     eps = backend.epsilon(leaves[0]) if leaves else 0.0
-    norm_curvature = tree.vdot(curvature, curvature) ** 0.5
-    rounding_of = (
-        norm_curvature if problem.inner_loss is not None else tree.vdot(params, params) ** 0.5
-    )
-    rounding = math.sqrt(max(n, 1)) * eps * rounding_of
-    stat, at_start = tree.vdot(residual, residual) ** 0.5, tree.vdot(start, start) ** 0.5
-    scale = backend.where(at_start > norm_curvature, at_start, norm_curvature)
+    norm_moved, norm_at = tree.vdot(moved, moved) ** 0.5, tree.vdot(at, at) ** 0.5
+    rounding = math.sqrt(max(n, 1)) * eps * norm_at
+    scale = tol * backend.where(norm_moved > norm_at, norm_moved, norm_at)
     return {
-        "stationarity": stat,
-        "stationarity_limit": backend.where(tol * scale > rounding, tol * scale, rounding),
+        "stationarity": tree.vdot(residual, residual) ** 0.5,
+        "stationarity_limit": backend.where(scale > rounding, scale, rounding),
     }
 
 
@@ -116,21 +114,24 @@ def _refuse_per_step(problem: Problem) -> None:
     if isinstance(inner.loss if isinstance(inner, SemiGradient) else inner, PerStep):
         raise TypeError(
             "Implicit(...): the Problem's inner_loss is a PerStep (it takes the inner step "
-            "index), but Implicit differentiates the stationarity of one loss at φ*, which has "
-            "no step; use Unrolled(), Truncated(T) or ForwardMode(), or an inner loss without "
-            "the step"
+            "index), but Implicit differentiates the stationarity of one loss at φ*, a fixed "
+            "point, which has no step; use Unrolled(), Truncated(T) or ForwardMode(), or an "
+            "inner loss without the step"
         )
 
 
 def _refuse_traced(meta: Tree, backend: Backend) -> None:
-    """Implicit's linear solvers decide on the host when to stop: refuse a traced call (inside
-    ``jax.jit`` or a user's ``vmap``) with bilevel's words instead of the framework's."""
-    if backend.host_bool(backend.all_finite(meta)) is None:
+    """Implicit's linear solvers decide on the host when to stop, and its value is built from a
+    stopped φ*: refuse a call under the caller's transforms (``jax.jit``, ``jax.grad``,
+    ``torch.func``), in bilevel's words, instead of a framework error or a silent zero."""
+    if backend.is_traced(meta):
         raise TypeError(
-            "Implicit(...) cannot run inside jax.jit or a vmap of yours yet: its linear solver "
-            "decides on the host when to stop. Call hypergrad outside the transform (a Batch "
-            "vectorises the tasks for you), or use Unrolled(), Truncated(T), FirstOrder() or "
-            "ForwardMode(), which run inside jax.jit"
+            "Implicit(...) cannot run inside jax.jit, jax.grad, torch.func.grad or a vmap of "
+            "yours yet: its linear solver decides on the host when to stop, and its value and "
+            "gradient are not differentiable functions of θ (a transform would see the value's "
+            "derivative as 0). Call hypergrad outside the transform (a Batch vectorises the "
+            "tasks for you), or use Unrolled(), Truncated(T), FirstOrder() or ForwardMode(), "
+            "which compose with them"
         )
 
 
@@ -157,18 +158,16 @@ class Implicit:
     vector-Jacobian products; memory does not grow with the number of inner steps. The result
     is exact only if φ* is stationary: ``‖G(φ*)‖`` is reported as ``info.stationarity`` and a
     :class:`~bilevel.StationarityWarning` is issued above ``info.stationarity_limit =
-    stationarity_tol · max(‖G(φ₀)‖, ‖Aᵀφ*‖)``: a fraction of the residual at the start of the
-    inner solve ``φ₀ = init(θ, τ)`` or of the change of G over a displacement the size of φ*
-    (``A = ∂_φG``), whichever is larger (and at least G's rounding level). The test is relative
-    so that it does not depend on the loss's scale: multiplying the inner loss by c multiplies
-    every norm by c.
+    stationarity_tol · max(‖Aᵀ(φ* − φ₀)‖, ‖Aᵀφ*‖)``: a fraction of how much G changed along the
+    inner solve from ``φ₀ = init(θ, τ)``, or over a displacement the size of φ*
+    (``A = ∂_φG`` at φ*), whichever is larger. The test is relative so that it does not depend
+    on the loss's scale (multiplying the inner loss by c multiplies both sides by c).
 
     Args:
         linear: a linear solver (``solvers.CG``, ``solvers.Neumann``, ``solvers.MINRES``,
             ``solvers.GMRES``, ``solvers.Direct``).
-        stationarity_tol: the fraction of the problem's gradient scale
-            ``max(‖G(φ₀)‖, ‖Aᵀφ*‖)`` that ``‖G(φ*)‖`` may keep before the inner problem is
-            reported as not solved (a warning).
+        stationarity_tol: the fraction of ``max(‖Aᵀ(φ* − φ₀)‖, ‖Aᵀφ*‖)`` that ``‖G(φ*)‖``
+            may keep before the inner problem is reported as not solved (a warning).
 
     Raises:
         TypeError: if ``linear`` is not a linear solver.
@@ -253,9 +252,16 @@ class Implicit:
         gmap, symmetric = residual_map(problem, solver, task, params, backend)
         residual, vjp_params = backend.vjp(lambda p: gmap(p, meta0), params)
         operator = LinearOperator(lambda u: vjp_params(u)[0], symmetric)
-        curvature = operator.matvec(params)
         stationarity = _stationarity(
-            problem, gmap, task, meta0, params, residual, curvature, backend, self.stationarity_tol
+            problem,
+            gmap,
+            task,
+            meta0,
+            params,
+            residual,
+            operator.matvec,
+            backend,
+            self.stationarity_tol,
         )
         v, linear_info = self.linear.solve(operator, g_params, backend=backend)
         _, vjp_meta = backend.vjp(lambda m: gmap(params, m), meta)
@@ -307,15 +313,18 @@ class Implicit:
             value, (g_p, g_m) = backend.value_and_grad(outer, argnums=(0, 1))(p, meta)
             gmap = residual_map(problem, solver, t, p, backend)[0]
             residual, pullback = backend.vjp(lambda q: gmap(q, meta0), p)
-            curvature = pullback(p)[0]
-            return (
-                value,
-                g_p,
-                g_m,
-                _stationarity(
-                    problem, gmap, t, meta0, p, residual, curvature, backend, self.stationarity_tol
-                ),
+            found = _stationarity(
+                problem,
+                gmap,
+                t,
+                meta0,
+                p,
+                residual,
+                lambda u: pullback(u)[0],
+                backend,
+                self.stationarity_tol,
             )
+            return value, g_p, g_m, found
 
         def matvec(t: Tree, p: Tree, u: Tree) -> Tree:
             gmap = residual_map(problem, solver, t, p, backend)[0]
@@ -325,16 +334,16 @@ class Implicit:
             gmap = residual_map(problem, solver, t, p, backend)[0]
             return tree.sub(g_m, backend.vjp(lambda m: gmap(p, m), meta)[1](v)[0])
 
-        values, g_params, g_meta, stationarity = backend.vmap(prepare, in_dims=(dims, 0))(
+        values, g_params, g_meta, stationarity = backend.map_tasks(prepare, in_dims=(dims, 0))(
             tasks, params
         )
         symmetric = residual_map(
             problem, solver, tree.index(tasks, 0), tree.index(params, 0), backend
         )[1]
-        batched = backend.vmap(matvec, in_dims=(dims, 0, 0))
+        batched = backend.map_tasks(matvec, in_dims=(dims, 0, 0))
         operator = LinearOperator(lambda u: batched(tasks, params, u), symmetric)
         v, infos = self.linear.solve_batch(operator, g_params, backend=backend)
-        grads = backend.vmap(finish, in_dims=(dims, 0, 0, 0))(tasks, params, g_meta, v)
+        grads = backend.map_tasks(finish, in_dims=(dims, 0, 0, 0))(tasks, params, g_meta, v)
         return [
             Outcome(
                 values[i],
