@@ -23,6 +23,7 @@ from bilevel.problem import Problem
 from bilevel.protocols import BlackBoxSolver, IterativeSolver, LinearSolver, SemiGradient
 from bilevel.solvers import CG, GradientDescent, UpdateRule
 from bilevel.strategies import FirstOrder, Implicit, Strategy, Unrolled
+from bilevel.strategies._common import not_a_solver
 from bilevel.validate import count, positive
 
 __all__ = [
@@ -76,7 +77,7 @@ def _check_config(problem: object, solver: object, strategy: object) -> None:
     if not isinstance(problem, Problem):
         raise TypeError(f"Config: problem must be a bilevel.Problem, got {problem!r}")
     if isinstance(solver, type) or not isinstance(solver, IterativeSolver | BlackBoxSolver):
-        raise TypeError(f"Config: solver must be an inner solver instance, got {solver!r}")
+        raise TypeError(f"Config: {not_a_solver(solver)}")
     if isinstance(strategy, type) or not isinstance(strategy, Strategy):
         raise TypeError(f"Config: strategy must be a strategy instance, got {strategy!r}")
 

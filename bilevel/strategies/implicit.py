@@ -154,7 +154,8 @@ class Implicit:
         g = ∂_θF(φ^*, θ) − (∂_θG)^{⊤} v, \qquad (∂_φG)^{⊤} v = ∇_φF(φ^*, θ)
 
     with ``G = ∇_φ f`` (then ``∂_φG`` is the inner Hessian) or, without an inner loss,
-    ``G = φ − step(φ, θ)``. The linear system is solved by ``linear`` using only
+    ``G = φ − params(step(init(φ), θ))`` for any iterative solver (the fixed point of one step
+    restarted at φ). The linear system is solved by ``linear`` using only
     vector-Jacobian products; memory does not grow with the number of inner steps. The result
     is exact only if φ* is stationary: ``‖G(φ*)‖`` is reported as ``info.stationarity`` and a
     :class:`~bilevel.StationarityWarning` is issued above ``info.stationarity_limit =
