@@ -41,6 +41,7 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/maml.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/maml_jax.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/fit_step.py $(BENCH_ARGS)
 
 # Every example at full size; regenerates docs/results/ and docs/results.md (hours on 2 cores).
 # A subset: make repro REPRO_ARGS="fewshot_digits oja_rule".

@@ -331,8 +331,7 @@ def test_ridge_scipy_inner_solver_with_implicit(fw: Framework, data: str, seed: 
 # ================================================================ (iii) linear-regression iMAML
 
 
-# λ travels in the task (a 0-d array), so the problem is built once: on JAX the inner loss's
-# value-and-gradient is compiled once per loss function, not once per hypothesis example.
+# λ travels in the task (a 0-d array), so the Problem is built once for all hypothesis examples.
 def _imaml_inner(phi: Any, theta: Any, t: Any) -> Any:
     r = t["X"] @ phi - t["y"]
     return 0.5 * (r @ r) / len(r) + t["lam"] / 2 * ((phi - theta) ** 2).sum()

@@ -15,13 +15,11 @@ semantics of :class:`~bilevel.backends.torch.TorchBackend`, with these JAX-speci
   task), as ``torch.func.vmap`` passes them through, where ``jax.vmap`` would reject them.
 - **ravel** casts each piece back to its leaf's dtype when unravelling (``jax.vjp`` and
   ``jax.jvp`` require cotangents and tangents of exactly the primal dtype).
-- **Compiled inner steps.** :meth:`JaxBackend.compiled` wraps ``jax.jit``; the library compiles
-  the inner loss's value-and-gradient once per loss function (and per shape), so an eager inner
-  loop runs one compiled call per step, and ``hypergrad`` runs a repeated call (the third with
-  the same problem, solver, strategy and shapes) as one compiled program. The loss must then be
-  a pure function: Python side effects run only while it is traced. A loss ``jax.jit`` cannot
-  trace (Python ``if`` on a value, non-array arguments) is called eagerly instead, with the
-  same results.
+- **Compilation is the caller's.** :meth:`JaxBackend.compiled` wraps ``jax.jit`` (running
+  eagerly from then on if it cannot trace); bilevel calls it only where documented (``fit``'s
+  step, ``testing.compiled_inner_loss`` used by ``check_hypergrad``). ``hypergrad`` never
+  compiles by itself, and ``jax.jit`` around a function that calls it works for every strategy
+  but ``Implicit``.
 - **Host synchronisation.** ``to_float`` and ``to_numpy`` need concrete values: they raise
   JAX's ``ConcretizationTypeError`` inside ``jax.jit``.
 """
