@@ -323,14 +323,20 @@ def _step_in_place(optimizer: Any, leaves: list[Any], grads: Tree) -> None:
         leaf.grad = None
 
 
-def _step_of(config: Config, optimizer: Any, backend: Backend, batched: bool) -> Any:
+def _step_of(
+    config: Config, optimizer: Any, backend: Backend, batched: bool, eager: dict[str, Result]
+) -> Any:
     """One outer step as a pure function of arrays, for the backend to compile:
     ``(meta, state, data) -> (value, grad, params, task_values, meta', state', finite)``,
-    with ``finite`` the device-side flags (hypergradient, updated meta) the host checks."""
+    with ``finite`` the device-side flags (hypergradient, updated meta) the host checks. Where
+    the step runs eagerly (a backend that does not compile, or a step it cannot trace) the whole
+    :class:`Result`, diagnostics included, is left in ``eager["result"]``."""
 
     def step(meta: Tree, state: Any, data: Tree) -> tuple[Any, ...]:
         task = Batch(data) if batched else data
         res = hypergrad(config.problem, config.solver, meta, task, strategy=config.strategy)
+        if not backend.is_traced(res.value):
+            eager["result"] = res
         updated, state = _apply(optimizer, res.grad, state, meta)
         finite = (
             backend.all_finite((res.value, res.grad, res.params)),
@@ -450,6 +456,7 @@ def fit(
 
     # the compiled step, one per kind of task (one task or a Batch); None: eager steps
     fast: dict[bool, Any] | None = {} if compiled and owned is None else None
+    eager: dict[str, Result] = {}  # the full Result of a step that ran eagerly
     plain = Info(strategy=repr(config.strategy))
     scale = _largest(backend, meta)
     bar = _progress(steps, desc) if progress else None
@@ -466,9 +473,10 @@ def fit(
                     batched = isinstance(task, Batch)
                     if batched not in fast:
                         fast[batched] = backend.compiled(
-                            _step_of(config, optimizer, backend, batched)
+                            _step_of(config, optimizer, backend, batched, eager)
                         )
                     data = task.tasks if batched else task
+                    eager.clear()
                     ran: tuple[Any, ...] = fast[batched](meta, state, data)
                     if backend.host_bool(ran[-1][0]) is False:
                         # eagerly again: hypergrad's host checks locate the failure and raise
@@ -485,7 +493,9 @@ def fit(
                     result = hypergrad(
                         config.problem, config.solver, meta, task, strategy=config.strategy
                     )
-                else:
+                elif "result" in eager:  # ran eagerly: keep its diagnostics
+                    result = eager["result"]
+                else:  # compiled: strategies that trace report no host-side diagnostics
                     value, grad, params, values = out[:4]
                     n = int(values.shape[0])
                     result = Result(value, grad, params, plain, (plain,) * n, values)

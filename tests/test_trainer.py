@@ -469,3 +469,37 @@ def test_compiled_fit_on_jax_keeps_the_host_checks() -> None:
             progress=False)  # fmt: skip
     assert diverged.value.step == 0
     assert np.array_equal(np.asarray(diverged.value.trained.meta["theta"]), np.full(3, 10.0))
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_fit_callbacks_keep_the_diagnostics_of_steps_that_run_eagerly(framework: str) -> None:
+    # Before: fit's step wrapper rebuilt every Result with an empty Info, so the callback of an
+    # Implicit run saw res.info.linear None (on torch always; on JAX for any step it cannot
+    # compile), and examples reading CG iterations from it crashed.
+    from bilevel import Implicit
+    from bilevel.recipes import Config
+
+    if framework == "jax":
+        jax = pytest.importorskip("jax")
+        jax.config.update("jax_enable_x64", True)
+        xp: Any = jax.numpy
+    else:
+        xp = torch
+    problem = Problem(
+        init=lambda m, t: m * 1.0,
+        inner_loss=lambda w, m, t: ((w - t) ** 2).sum() + ((w - m) ** 2).sum(),
+        outer_loss=lambda w, m, t: (w**2).sum(),
+    )
+    config = Config(problem, solvers.GradientDescent(lr=0.25, steps=30), Implicit(solvers.CG()))
+    seen: list[Any] = []
+    fit(
+        config,
+        xp.ones(3, dtype=xp.float64),
+        lambda step: xp.zeros(3, dtype=xp.float64),
+        optimizer=solvers.SGD(0.1),
+        steps=2,
+        callback=lambda step, meta, res: seen.append(res.info),
+        progress=False,
+    )
+    assert [info.linear is not None and info.linear.converged for info in seen] == [True, True]
+    assert all(info.stationarity is not None for info in seen)
