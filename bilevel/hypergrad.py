@@ -53,7 +53,8 @@ class Batch:
         sizes = {
             int(leaf.shape[0]) if len(leaf.shape) else -1
             for leaf in tree.leaves(self.tasks)
-            if hasattr(leaf, "shape")
+            # a NumPy scalar (np.float64(0.5)) is a number, shared by every task like a float
+            if hasattr(leaf, "shape") and type(leaf).__module__ != "numpy"
         }
         if len(sizes) != 1 or -1 in sizes:
             raise ValueError(

@@ -152,7 +152,9 @@ def from_module(module: Any) -> tuple[Any, dict[str, Any]]:
     .. math:: \mathrm{predict}(φ, x) = \mathrm{module.forward}(x)\big|_{\text{parameters} = φ}
 
     ``params`` is ``{name: tensor}`` keyed like ``module.named_parameters()``: detached copies,
-    so it can serve as meta-parameters or as an inner solver's start. A tied parameter (one
+    so it can serve as meta-parameters or as an inner solver's start. Parameters with
+    ``requires_grad=False`` (a layer the user froze) are left out: ``predict`` reads them from
+    the module as constants, so they are neither adapted nor meta-learned. A tied parameter (one
     ``Parameter`` used in several places: a submodule used twice, or one ``Parameter`` assigned
     to two submodules) is *one* entry, so its gradient is the sum over all its uses.
     ``predict`` runs the module's own ``forward`` with those tensors in every slot that holds
@@ -221,7 +223,10 @@ def from_module(module: Any) -> tuple[Any, dict[str, Any]]:
                 tensors.update(dict.fromkeys(running))
         return functional_call(module, tensors, inputs, kwargs, tie_weights=False)
 
-    return predict, {n: p.detach().clone() for n, p in module.named_parameters()}
+    # A parameter frozen by its owner (requires_grad=False) is not a meta-parameter: predict
+    # reads it from the module, a constant, as torch.optim and higher leave it alone.
+    trainable = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    return predict, trainable
 
 
 def updated_buffers(

@@ -551,3 +551,22 @@ def test_forward_mode_names_torchs_gap_for_built_in_losses() -> None:
             (x, y),
             strategy=ForwardMode(),
         )
+
+
+def test_a_numpy_scalar_in_a_batch_is_a_shared_number_like_a_float() -> None:
+    # Before: np.float64(2.0) was counted as a 0-d array ("stack the tasks along axis 0") while
+    # the Python float 2.0 was shared; now both are shared numbers with the same result.
+    problem = Problem(
+        init=lambda m, t: m * 1.0,
+        inner_loss=lambda w, m, t: ((w - t["x"]) ** 2).sum() * t["c"],
+        outer_loss=lambda w, m, t: (w**2).sum(),
+    )
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    solver = solvers.GradientDescent(lr=0.1, steps=2)
+    meta = torch.ones(2, dtype=torch.float64)
+    as_float = hypergrad(problem, solver, meta, Batch({"x": x, "c": 2.0}), strategy=Unrolled())
+    as_numpy = hypergrad(
+        problem, solver, meta, Batch({"x": x, "c": np.float64(2.0)}), strategy=Unrolled()
+    )
+    assert torch.equal(as_float.grad, as_numpy.grad)
+    assert Batch({"x": x, "c": np.float64(2.0)}).size() == 3

@@ -567,3 +567,33 @@ def test_predict_refuses_unknown_and_tied_alias_names() -> None:
         predict({**params, "2.weight": params["0.weight"]}, x)
     with pytest.raises(TypeError, match=r"from_module.*dict.*list"):
         predict(list(params.values()), x)
+
+
+def test_frozen_parameters_stay_out_of_meta_and_stay_constant() -> None:
+    # Before: a layer the user froze (requires_grad=False) came back in params, so it was
+    # adapted and meta-learned; against higher with that layer frozen the meta-gradient was
+    # 0.32 off (relative). Now it is read from the module as a constant.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    net[0].requires_grad_(False)
+    predict, meta = from_module(net)
+    assert sorted(meta) == ["2.bias", "2.weight"]
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 1, dtype=torch.float64)
+    problem = Problem(
+        init=lambda m, t: m,
+        inner_loss=lambda p, m, t: ((predict(p, t[0]) - t[1]) ** 2).mean(),
+        outer_loss=lambda p, m, t: ((predict(p, t[0]) - t[1]) ** 2).mean(),
+    )
+    res = hypergrad(
+        problem, solvers.GradientDescent(lr=0.1, steps=1), meta, (x, y), strategy=Unrolled()
+    )
+
+    # reference: plain autograd on the module, first layer constant, one MAML step
+    w, b = (t.detach().clone().requires_grad_(True) for t in (net[2].weight, net[2].bias))
+    h = torch.tanh(net[0](x))
+    inner = ((h @ w.T + b - y) ** 2).mean()
+    gw, gb = torch.autograd.grad(inner, (w, b), create_graph=True)
+    outer = ((h @ (w - 0.1 * gw).T + (b - 0.1 * gb) - y) ** 2).mean()
+    want = dict(zip(["2.weight", "2.bias"], torch.autograd.grad(outer, (w, b)), strict=True))
+    # the same float64 operations in another order: rounding only (1e-14 relative)
+    assert _rel(res.grad, want) < 1e-13
