@@ -69,6 +69,26 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(int(n) for n in getattr(x, "shape", ()))
 
 
+def _keeps_leaf(who: str, made: Any, leaf: Any, result: Any, fix: str) -> None:
+    """Refuse ``result`` (computed from a parameter ``leaf`` and a user value ``made``) when it
+    has another shape (broadcasting) or dtype than ``leaf``: the inner parameters would change
+    silently.
+
+    Raises:
+        ValueError: for a change of shape. TypeError: for a change of dtype.
+    """
+    if _shape(result) != _shape(leaf):
+        raise ValueError(
+            f"{who} has shape {_shape(made)}, which turns a parameter of shape {_shape(leaf)} "
+            f"into shape {_shape(result)} (broadcasting); {fix}"
+        )
+    if getattr(result, "dtype", None) != getattr(leaf, "dtype", None):
+        raise TypeError(
+            f"{who} has dtype {getattr(made, 'dtype', type(made).__name__)}, which turns a "
+            f"parameter of dtype {leaf.dtype} into {getattr(result, 'dtype', None)}; {fix}"
+        )
+
+
 def _times(name: str, rate: Any, x: Tree) -> Tree:
     """``rate ⊙ x`` leafwise for a hyperparameter value ``rate`` (a scalar, or a tree like
     ``x``), refusing a product that would change a leaf's shape or dtype.
@@ -90,18 +110,8 @@ def _times(name: str, rate: Any, x: Tree) -> Tree:
     out: list[Any] = []
     for r, leaf in zip(r_leaves, x_leaves, strict=True):
         y = r * leaf
-        if _shape(y) != _shape(leaf):
-            raise ValueError(
-                f"GradientDescent: {name} has shape {_shape(r)}, which broadcasts a parameter of "
-                f"shape {_shape(leaf)} to {_shape(y)}; return a scalar or one value per entry "
-                f"(shape {_shape(leaf)})"
-            )
-        if getattr(y, "dtype", None) != getattr(leaf, "dtype", None):
-            raise TypeError(
-                f"GradientDescent: {name} has dtype {getattr(r, 'dtype', type(r).__name__)}, "
-                f"which turns a parameter of dtype {leaf.dtype} into {y.dtype}; give it the "
-                "parameters' dtype"
-            )
+        fix = f"return a scalar or one value per entry (shape {_shape(leaf)}) of its dtype"
+        _keeps_leaf(f"GradientDescent: {name}", r, leaf, y, fix)
         out.append(y)
     return tree.unflatten(x_def, out)
 
@@ -358,18 +368,8 @@ class UpdateRule:
             )
         new = tree.add(state, delta)
         for d, p, q in zip(tree.leaves(delta), tree.leaves(state), tree.leaves(new), strict=True):
-            if _shape(q) != _shape(p):
-                raise ValueError(
-                    f"UpdateRule: rule returned an update of shape {_shape(d)} for a parameter "
-                    f"of shape {_shape(p)}, which would change the parameter's shape to "
-                    f"{_shape(q)} (broadcasting); return an update of the parameter's shape"
-                )
-            if getattr(q, "dtype", None) != getattr(p, "dtype", None):
-                raise TypeError(
-                    f"UpdateRule: rule returned an update of dtype {getattr(d, 'dtype', None)} "
-                    f"for a parameter of dtype {p.dtype}, which would change the parameter's "
-                    "dtype; return an update of the parameter's dtype"
-                )
+            fix = "return an update of the parameter's shape and dtype"
+            _keeps_leaf("UpdateRule: the rule's update", d, p, q, fix)
         return new
 
     def params(self, state: Tree) -> Tree:

@@ -44,7 +44,10 @@ def test_an_update_rule_that_broadcasts_is_refused(fw: Framework) -> None:
 
     problem = Problem(init=lambda m, t: m, outer_loss=lambda w, m, t: (w**2).sum())
     solver = solvers.UpdateRule(rule, steps=2)
-    message = r"UpdateRule: rule returned an update of shape \(3, 3\) for a parameter of shape \(3,"
+    message = (
+        r"UpdateRule: the rule's update has shape \(3, 3\), which turns a parameter of shape "
+        r"\(3,\) into shape \(3, 3\)"
+    )
     with pytest.raises(ValueError, match=message):
         hypergrad(problem, solver, fw.array(W), None, strategy=Unrolled())
 
@@ -58,7 +61,7 @@ def test_an_update_rule_that_changes_the_dtype_is_refused(fw: Framework) -> None
 
     problem = Problem(init=init, outer_loss=lambda w, m, t: (w**2).sum())
     solver = solvers.UpdateRule(rule, steps=1)
-    message = r"UpdateRule: rule returned an update of dtype .*float64.* of dtype .*float32"
+    message = r"UpdateRule: the rule's update has dtype .*float64.* parameter of dtype .*float32"
     with pytest.raises(TypeError, match=message):
         hypergrad(problem, solver, fw.array(W), None, strategy=Unrolled())
 
