@@ -235,7 +235,9 @@ class JaxBackend:
         return False  # JAX arrays cannot be changed in place
 
     def is_traced(self, tree_: Tree) -> bool:
-        return any(isinstance(x, jax.core.Tracer) for x in tree.leaves(tree_))
+        from jax.core import Tracer  # the public home of JAX's tracer type
+
+        return any(isinstance(x, Tracer) for x in tree.leaves(tree_))
 
     def isolate(self, tree_: Tree) -> Tree:
         return tree_  # JAX arrays are immutable: sharing them is safe
